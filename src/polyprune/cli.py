@@ -1,0 +1,46 @@
+"""The ``polyprune`` command line (typer). Thin: parse → config → library call.
+
+Sub-commands live in ``polyprune.commands.*`` and register themselves on ``app``."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import typer
+
+from .errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Prune multilingual LLMs with language-aware calibration; measure per language.")
+data_app = typer.Typer(no_args_is_help=True, help="Inspect the data available locally.")
+app.add_typer(data_app, name="data")
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+    from rich.logging import RichHandler
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+                        handlers=[RichHandler(show_path=False, show_time=False, rich_tracebacks=False)],
+                        force=True)
+    for noisy in ("httpx", "urllib3", "filelock", "datasets", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main() -> None:
+    """Entry point: bad input → one line on stderr, exit 2."""
+    from . import commands  # noqa: F401  (registers sub-commands)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        app()
+    except UserError as e:
+        sys.stderr.write(f"error: {e}\n")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
+
+
+def fail(message: str) -> None:
+    """Raise a bad-input error from a command."""
+    raise UserError(message)

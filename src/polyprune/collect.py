@@ -1,0 +1,180 @@
+"""Layer-wise walking: capture every decoder layer's call arguments, then run layers one at a time.
+
+Per-layer kwargs are *recorded*, not copied from layer 0: models such as Gemma-3 give different
+masks and rotary tables to sliding-window and global layers. Every layer's ``forward`` is swapped
+for a recorder during one cheap pass per distinct input shape (embeddings only; the last recorder
+stops the forward), so whatever the model's own forward passes — attention masks, position
+ids/embeddings, alibi, cache flags, positional args — is replayed exactly.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .calibration import Calibration, Sample
+from .errors import UserError
+from .model import find_layers, prunable_modules
+from .progress import Timer, track
+from .stats import ModuleStats, SetStats
+
+log = logging.getLogger(__name__)
+
+
+class _Stop(Exception):
+    pass
+
+
+@dataclass
+class Entry:
+    """One calibration sample as it flows through the layers."""
+
+    sample: Sample
+    hidden: torch.Tensor  # [1, L, d] input of the current layer
+    layer_args: list  # per layer: (args tuple, kwargs dict), shared between samples of one shape
+
+
+def _model_inputs(sample: Sample, count_pads: bool, device) -> tuple[torch.Tensor, torch.Tensor]:
+    ids, am = sample.input_ids, sample.attention_mask
+    if am is not None and not count_pads:
+        keep = am.bool()
+        ids, am = ids[keep], None
+    if am is None:
+        am = torch.ones_like(ids)
+    return ids.unsqueeze(0).to(device), am.unsqueeze(0).to(device)
+
+
+def capture(model: nn.Module, calibration: Calibration, count_pads: bool = False,
+            layers: nn.ModuleList | None = None) -> list[Entry]:
+    """Layer-0 hidden states of every sample and the call arguments of every layer.
+
+    Pads (attention_mask 0) are removed before the forward unless ``count_pads`` (the references'
+    behaviour: pads stay in the sequence and in the statistics)."""
+    if layers is None:
+        layers = find_layers(model)[1]
+    device = next(model.parameters()).device
+    n = len(layers)
+    recorded: list = [None] * n
+    first: dict[str, Any] = {}
+
+    def recorder(i):
+        def fwd(*args, **kwargs):
+            if i == 0:
+                first["hidden"] = args[0] if args else kwargs.pop("hidden_states")
+            recorded[i] = (tuple(args[1:]), {k: v for k, v in kwargs.items() if k != "hidden_states"})
+            if i == n - 1:
+                raise _Stop
+            return args[0] if args else kwargs.get("hidden_states")
+        return fwd
+
+    cache: dict[tuple, list] = {}
+    entries: list[Entry] = []
+    for layer_i, layer in enumerate(layers):
+        layer.forward = recorder(layer_i)
+    try:
+        with torch.no_grad():
+            for s in calibration.samples:
+                ids, am = _model_inputs(s, count_pads, device)
+                if ids.numel() == 0:
+                    continue
+                key = (ids.shape[1],) if bool(am.all()) else (ids.shape[1], am.cpu().numpy().tobytes())
+                recorded[:] = [None] * n
+                try:
+                    model(input_ids=ids, attention_mask=am, use_cache=False)
+                except _Stop:
+                    pass
+                if any(r is None for r in recorded):
+                    raise UserError(f"{type(model).__name__}: the forward did not call every decoder layer")
+                args = cache.setdefault(key, list(recorded))
+                entries.append(Entry(s, first["hidden"].detach(), args))
+    finally:
+        for layer in layers:
+            layer.__dict__.pop("forward", None)
+    if not entries:
+        raise UserError("calibration is empty: every sample has zero real tokens")
+    return entries
+
+
+def run_layer(layer: nn.Module, entry: Entry, index: int) -> torch.Tensor:
+    args, kwargs = entry.layer_args[index]
+    out = layer(entry.hidden, *args, **kwargs)
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def collect_layer_stats(layer: nn.Module, entries: list[Entry], index: int, kinds: frozenset,
+                        sets: tuple[str, ...] | None, keep_outputs: bool, name: str = "") -> dict[str, SetStats]:
+    """One pass of all samples through ``layer`` with hooks accumulating input statistics of every
+    Linear/Conv1D. With ``keep_outputs`` the entries' hidden states are replaced by the outputs."""
+    modules = prunable_modules(layer)
+    wanted = sets or tuple(sorted({e.sample.set for e in entries}))
+    stats: dict[str, SetStats] = {}
+    current: dict[str, Any] = {}
+    handles = []
+    for mname, mod in modules.items():
+        cols = mod.weight.shape[0] if type(mod).__name__ == "Conv1D" else mod.in_features
+        stats[mname] = SetStats({s: ModuleStats(cols, kinds) for s in wanted})
+
+        def hook(m, inp, out, _name=mname):
+            st = stats[_name]
+            if current["set"] in st:
+                x = inp[0].detach()
+                st[current["set"]].add(x.reshape(-1, x.shape[-1]), current["langs"], batch=x.shape[0])
+        handles.append(mod.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            for e in entries:
+                current["set"], current["langs"] = e.sample.set, e.sample.langs
+                out = run_layer(layer, e, index)
+                if not torch.isfinite(out).all():
+                    raise UserError(f"non-finite activations at the output of decoder layer {name or index}: "
+                                    f"use float32 (--dtype float32) or check the calibration tokens")
+                if keep_outputs:
+                    e.hidden = out
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [s for s in wanted if not any(e.sample.set == s for e in entries)]
+    if missing:
+        raise UserError(f"calibration set {missing[0]!r} has no samples: give it calibration data")
+    return stats
+
+
+def propagate(layer: nn.Module, entries: list[Entry], index: int) -> None:
+    """Replace each entry's hidden state by this layer's output (in place, one buffer)."""
+    with torch.no_grad():
+        for e in entries:
+            e.hidden = run_layer(layer, e, index)
+
+
+def walk(model: nn.Module, calibration: Calibration | None, kinds: frozenset, sets: tuple[str, ...] | None,
+         on_layer: Callable[[int, nn.Module, dict[str, SetStats] | None], None], *, sequential: bool = True,
+         count_pads: bool = False, timer: Timer | None = None, skip_stats: Callable[[int], bool] = lambda i: False,
+         description: str = "layers") -> None:
+    """Walk decoder layers in order. For each layer: statistics from the current inputs (if
+    ``kinds``), ``on_layer(i, layer, stats)`` (which may prune it), then the layer's outputs feed
+    the next layer: recomputed after ``on_layer`` when ``sequential``, else the dense outputs."""
+    timer = timer or Timer()
+    path, layers = find_layers(model)
+    need_data = bool(kinds) and calibration is not None
+    entries: list[Entry] = []
+    if need_data:
+        with timer("capture"):
+            entries = capture(model, calibration, count_pads, layers)
+    for i in track(range(len(layers)), description, total=len(layers)):
+        layer = layers[i]
+        stats = None
+        if need_data and not skip_stats(i):
+            with timer("statistics"):
+                stats = collect_layer_stats(layer, entries, i, kinds, sets, keep_outputs=not sequential,
+                                            name=f"{path}.{i}")
+            dense_outputs_taken = not sequential
+        else:
+            dense_outputs_taken = False
+        with timer("prune"):
+            on_layer(i, layer, stats)
+        if need_data and i < len(layers) - 1 and not dense_outputs_taken:
+            with timer("propagate"):
+                propagate(layer, entries, i)

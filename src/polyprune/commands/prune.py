@@ -1,0 +1,125 @@
+"""``polyprune prune`` and ``polyprune apply``."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..cli import app
+from ..errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def parse_options(items: list[str]) -> dict:
+    """``key=value`` pairs; values parsed as JSON when possible (numbers, true/false)."""
+    out = {}
+    for it in items or []:
+        if "=" not in it:
+            raise UserError(f"--option {it!r}: expected key=value")
+        k, v = it.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v
+    return out
+
+
+def split_langs(values: list[str] | None) -> list[str]:
+    return [x.strip() for v in values or [] for x in v.split(",") if x.strip()]
+
+
+@app.command()
+def prune(
+    model: str = typer.Option("embedded", "--model", "-m", help="Hub id, local folder, or 'embedded'."),
+    method: str = typer.Option("wanda", help="magnitude, random, wanda, sparsegpt, wanda-contrastive, …"),
+    sparsity: float = typer.Option(0.5, help="Fraction pruned, in (0, 1) (ignored for N:M)."),
+    pattern: str = typer.Option("unstructured", help="'unstructured' or N:M such as 2:4."),
+    calibration: Optional[str] = typer.Option(None, "--calibration", help="Recipe: translation, monolingual, text, mix, code, …"),
+    lang: Optional[list[str]] = typer.Option(None, "--lang", help="Calibration language(s); repeat or comma-separate."),
+    target_lang: Optional[str] = typer.Option(None, "--target-lang", help="Target language of translation demos."),
+    k: Optional[int] = typer.Option(None, "--k", help="Demonstrations per sample (translation/monolingual)."),
+    contrast: Optional[str] = typer.Option(None, "--contrast", help="Contrast-set recipe (e.g. code) for wanda-contrastive."),
+    contrast_lang: Optional[str] = typer.Option(None, "--contrast-lang", help="Contrast-set language for wanda-contrastive."),
+    calibration_file: Optional[Path] = typer.Option(None, "--calibration-file", help="Plain text file: seeded windows."),
+    nsamples: int = typer.Option(32, help="Calibration samples."),
+    seqlen: int = typer.Option(512, help="Tokens per calibration window."),
+    seed: int = typer.Option(0, help="Seed (calibration sampling, random method)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", envvar="POLYPRUNE_DATA_DIR", help="Local data folder."),
+    dtype: Optional[str] = typer.Option(None, help="float32 (CPU default), bfloat16, float16."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 … (default: auto)."),
+    keep_dense_layers: Optional[str] = typer.Option(None, "--keep-dense-layers", help="Layers left dense, e.g. 0,-1."),
+    non_sequential: bool = typer.Option(False, "--non-sequential", help="All statistics from the dense model."),
+    count_pads: bool = typer.Option(False, "--count-pads", help="Let pad tokens into statistics (as the references)."),
+    allocation: Optional[str] = typer.Option(None, help="Layer-wise sparsity allocation, e.g. owl."),
+    option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="Method option key=value (repeatable)."),
+    keep_stats: bool = typer.Option(False, "--keep-stats", help="Keep input statistics (for analyses)."),
+    save_model: bool = typer.Option(False, "--save-model", help="Also save the pruned model (save_pretrained)."),
+    out: Path = typer.Option(..., "--out", help="Run folder to create."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out."),
+) -> None:
+    """Prune a model layer by layer and write a run folder."""
+    from ..config import validate_config
+    from ..pipeline import run_prune
+    cfg = validate_config({
+        "model": model, "dtype": dtype, "device": device, "method": method, "sparsity": sparsity,
+        "pattern": pattern, "seed": seed, "sequential": not non_sequential, "count_pads": count_pads,
+        "keep_dense_layers": [int(x) for x in keep_dense_layers.split(",")] if keep_dense_layers else [],
+        "allocation": allocation, "method_options": parse_options(option or []),
+        "keep_stats": keep_stats, "save_model": save_model,
+        "calibration": {"recipe": calibration, "file": str(calibration_file) if calibration_file else None,
+                        "langs": split_langs(lang), "target_lang": target_lang, "nsamples": nsamples,
+                        "seqlen": seqlen, "k": k, "contrast": contrast, "contrast_lang": contrast_lang,
+                        "data_dir": str(data_dir) if data_dir else None},
+    }, "prune")
+    _validate_early(cfg)
+    run_prune(cfg, out, force)
+    rec = json.loads((out / "record.json").read_text())
+    typer.echo(f"{out}: {cfg.method} {rec['pattern']} achieved sparsity {rec['achieved_sparsity']:.4f} "
+               f"in {rec['timings_s']['total']:.1f}s")
+
+
+def _validate_early(cfg) -> None:
+    """Cheap checks before loading a model."""
+    from ..masks import check_sparsity, parse_pattern
+    from ..methods import check_options, get_method
+    meth = get_method(cfg.method)
+    check_options(meth, cfg.method_options)
+    if not parse_pattern(cfg.pattern).structured:
+        check_sparsity(cfg.sparsity)
+
+
+@app.command()
+def apply(
+    masks: Path = typer.Option(..., "--masks", help="Run folder or masks.safetensors."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Base model (default: the run's)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the pruned model (save_pretrained)."),
+    dtype: Optional[str] = typer.Option(None),
+    force: bool = typer.Option(False, "--force"),
+) -> None:
+    """Re-apply saved masks (and kept weight values) to a base model and save it."""
+    from ..masks import load_masks, apply_masks, sparsity_report
+    from ..model import load_model
+    from ..run import apply_run, is_run, read_config, staged_dir
+    if not masks.exists():
+        raise UserError(f"--masks {masks} does not exist: give a run folder or a masks.safetensors file")
+    run_dir = masks if masks.is_dir() else None
+    if model is None:
+        if run_dir is None or not is_run(run_dir):
+            raise UserError("--model is required when --masks is a bare file")
+        model = read_config(run_dir).model
+    with staged_dir(out, force) as tmp:
+        m, tok = load_model(model, dtype, "cpu")
+        if run_dir is not None and is_run(run_dir):
+            apply_run(m, run_dir)
+            mk = load_masks(run_dir)
+        else:
+            mk = load_masks(masks)
+            apply_masks(m, mk)
+        m.save_pretrained(tmp)
+        if tok is not None:
+            tok.save_pretrained(tmp)
+    typer.echo(f"{out}: saved with sparsity {sparsity_report(mk)['overall']:.4f} over {len(mk)} matrices")

@@ -1,0 +1,69 @@
+"""Run configuration (pydantic): everything needed to redo a run."""
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .errors import UserError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CalibrationConfig(Strict):
+    """Where calibration samples come from: a text file, or a recipe (see ``polyprune.calibration``)."""
+
+    recipe: str | None = None  # None: --calibration-file, or nothing for data-free methods
+    file: str | None = None
+    langs: list[str] = Field(default_factory=list)
+    target_lang: str | None = None
+    nsamples: int = 32
+    seqlen: int = 512
+    k: int | None = None
+    contrast: str | None = None  # contrast set recipe, e.g. "code"
+    contrast_lang: str | None = None
+    data_dir: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("nsamples", "seqlen")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v <= 0:
+            raise ValueError("must be positive")
+        return v
+
+
+class RunConfig(Strict):
+    model: str = "embedded"
+    dtype: str | None = None
+    device: str | None = None
+    method: str = "wanda"
+    sparsity: float = 0.5
+    pattern: str = "unstructured"
+    seed: int = 0
+    sequential: bool = True
+    count_pads: bool = False
+    keep_dense_layers: list[int] = Field(default_factory=list)
+    allocation: str | None = None
+    allocation_options: dict[str, Any] = Field(default_factory=dict)
+    method_options: dict[str, Any] = Field(default_factory=dict)
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    keep_stats: bool | list[str] = False
+    save_model: bool = False
+
+
+def validate_config(data: dict, what: str = "config") -> RunConfig:
+    """RunConfig from a dict, with pydantic errors turned into one clear line."""
+    from pydantic import ValidationError
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        if err["type"] == "extra_forbidden":
+            valid = ", ".join(RunConfig.model_fields) if len(err["loc"]) == 1 else ", ".join(
+                CalibrationConfig.model_fields)
+            raise UserError(f"{what}: unknown key {loc!r}; valid keys: {valid}") from None
+        raise UserError(f"{what}: {loc}: {err['msg']}") from None

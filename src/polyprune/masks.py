@@ -1,0 +1,180 @@
+"""One top-k mask builder for per-row / per-matrix / N:M patterns, mask I/O and sparsity accounting.
+
+Masks are bool tensors, ``True`` = kept, in the parameter's own stored shape, keyed by the full
+parameter name (``model.layers.0.self_attn.q_proj.weight``).
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """``unstructured`` (n = m = 0) or N:M (n pruned out of every m consecutive input weights)."""
+
+    n: int = 0
+    m: int = 0
+
+    @property
+    def structured(self) -> bool:
+        return self.m > 0
+
+    @property
+    def sparsity(self) -> float:
+        return self.n / self.m if self.m else float("nan")
+
+    def __str__(self) -> str:
+        return f"{self.n}:{self.m}" if self.m else "unstructured"
+
+
+def parse_pattern(text: str | Pattern | None) -> Pattern:
+    if text is None or isinstance(text, Pattern):
+        return text or Pattern()
+    t = str(text).strip().lower()
+    if t in ("", "unstructured", "none"):
+        return Pattern()
+    m = re.fullmatch(r"(\d+)\s*:\s*(\d+)", t)
+    if not m:
+        raise UserError(f"unknown pattern {text!r}: use 'unstructured' or N:M such as 2:4")
+    n, mm = int(m.group(1)), int(m.group(2))
+    if not 0 < n < mm:
+        raise UserError(f"pattern {text}: need 0 < N < M (N pruned out of every M), e.g. 2:4")
+    return Pattern(n, mm)
+
+
+def check_sparsity(s: float) -> float:
+    if not (isinstance(s, (int, float)) and 0.0 < float(s) < 1.0):
+        raise UserError(f"sparsity {s!r} is outside (0, 1): give a fraction such as 0.5")
+    return float(s)
+
+
+def nm_pruned(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Pruned mask (True = pruned): the ``n`` lowest scores of every ``m`` consecutive columns."""
+    rows, cols = scores.shape
+    if cols % m:
+        raise UserError(f"in_features {cols} is not divisible by M={m}: choose another N:M pattern")
+    grouped = scores.reshape(rows, cols // m, m)
+    idx = torch.topk(grouped, n, dim=-1, largest=False)[1]
+    pruned = torch.zeros_like(grouped, dtype=torch.bool)
+    pruned.scatter_(-1, idx, True)
+    return pruned.reshape(rows, cols)
+
+
+def topk_pruned(scores: torch.Tensor, sparsity: float, scope: str = "row") -> torch.Tensor:
+    """Pruned mask of the ``int(k·s)`` lowest scores per row (``scope='row'``, k = columns) or in
+    the whole matrix (``scope='matrix'``, k = numel); stable sort, so ties prune the earlier index."""
+    pruned = torch.zeros(scores.shape, dtype=torch.bool)
+    if scope == "row":
+        k = int(scores.shape[1] * sparsity)
+        idx = torch.sort(scores, dim=-1, stable=True)[1][:, :k]
+        pruned.scatter_(1, idx, True)
+    elif scope == "matrix":
+        k = int(scores.numel() * sparsity)
+        idx = torch.sort(scores.flatten(), stable=True)[1][:k]
+        pruned.view(-1)[idx] = True
+    else:
+        raise UserError(f"unknown comparison scope {scope!r}: use 'row' or 'matrix'")
+    return pruned
+
+
+def threshold_pruned(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """The reference (locuslab/sparsegpt) rule: prune ``<=`` the sorted value at index int(n·s),
+    i.e. one weight more than int(n·s), plus ties."""
+    thresh = torch.sort(scores.flatten())[0][int(scores.numel() * sparsity)]
+    return scores <= thresh
+
+
+def build_pruned(scores: torch.Tensor, sparsity: float, pattern: Pattern, scope: str = "row",
+                 reference_threshold: bool = False) -> torch.Tensor:
+    """Pruned mask (True = pruned) from scores [out, in] (higher = more important)."""
+    if pattern.structured:
+        return nm_pruned(scores, pattern.n, pattern.m)
+    if reference_threshold and scope == "matrix":
+        return threshold_pruned(scores, sparsity)
+    return topk_pruned(scores, sparsity, scope)
+
+
+# ---------------------------------------------------------------------------------------------
+# weight views: Conv1D stores [in, out]; methods always see [out, in]
+
+def is_conv1d(module: torch.nn.Module) -> bool:
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+
+
+def weight_matrix(module: torch.nn.Module) -> torch.Tensor:
+    """The weight as [out_features, in_features] (a view; Conv1D's stored weight is transposed)."""
+    w = module.weight.data
+    return w.t() if is_conv1d(module) else w
+
+
+def to_stored(module: torch.nn.Module, matrix: torch.Tensor) -> torch.Tensor:
+    """Bring a [out, in] tensor back to the module's stored weight layout."""
+    return matrix.t().contiguous() if is_conv1d(module) else matrix.contiguous()
+
+
+# ---------------------------------------------------------------------------------------------
+
+def apply_masks(model: torch.nn.Module, masks: dict[str, torch.Tensor], strict: bool = True) -> int:
+    """Zero the pruned weights (mask False) in place; returns the number of zeroed weights."""
+    params = dict(model.named_parameters())
+    zeroed = 0
+    for name, mask in masks.items():
+        if name not in params:
+            if strict:
+                raise UserError(f"mask for {name!r} matches no parameter of this model: "
+                                f"masks were made for another architecture")
+            continue
+        p = params[name]
+        if tuple(p.shape) != tuple(mask.shape):
+            raise UserError(f"mask {name} has shape {tuple(mask.shape)} but the parameter is {tuple(p.shape)}")
+        with torch.no_grad():
+            p.data.mul_(mask.to(device=p.device, dtype=p.dtype))
+        zeroed += int((~mask).sum())
+    return zeroed
+
+
+def atomic_path(path: Path) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
+    os.close(fd)
+    return Path(tmp)
+
+
+def save_masks(masks: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Write masks (bool, True = kept) to a safetensors file atomically."""
+    from safetensors.torch import save_file
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = atomic_path(path)
+    try:
+        save_file({k: v.to(torch.bool).contiguous().cpu() for k, v in sorted(masks.items())}, str(tmp),
+                  metadata={"format": "polyprune-masks", "convention": "True=kept", **(metadata or {})})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_masks(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read masks written by :func:`save_masks` (a run folder or the .safetensors file)."""
+    from safetensors.torch import load_file
+    p = Path(path)
+    if p.is_dir():
+        p = p / "masks.safetensors"
+    if not p.is_file():
+        raise UserError(f"mask file {p} does not exist: give a run folder or a masks.safetensors file")
+    return {k: v.to(torch.bool) for k, v in load_file(str(p)).items()}
+
+
+def sparsity_report(masks: dict[str, torch.Tensor]) -> dict:
+    """Achieved sparsity overall and per matrix (share of False)."""
+    per = {k: 1.0 - float(v.float().mean()) for k, v in masks.items()}
+    total = sum(v.numel() for v in masks.values())
+    pruned = sum(int((~v).sum()) for v in masks.values())
+    return {"overall": pruned / total if total else 0.0, "pruned": pruned, "total": total, "per_matrix": per}

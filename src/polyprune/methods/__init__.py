@@ -1,0 +1,93 @@
+"""Pruning methods: a registry of pure functions ``(W [out, in], stats, spec) -> MethodResult``.
+
+``W`` is a float32 copy of the weight as [out_features, in_features]; ``stats`` maps calibration
+set names to :class:`polyprune.stats.ModuleStats`; no hooks or models here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from ..errors import UserError
+from ..masks import Pattern
+
+
+@dataclass
+class Spec:
+    """What to prune: target sparsity (this matrix), pattern, method options, and the matrix name."""
+
+    sparsity: float
+    pattern: Pattern = field(default_factory=Pattern)
+    options: dict[str, Any] = field(default_factory=dict)
+    name: str = ""
+    seed: int = 0
+
+    def opt(self, key: str, default: Any) -> Any:
+        return self.options.get(key, default)
+
+
+@dataclass
+class MethodResult:
+    kept: torch.Tensor  # bool [out, in], True = kept
+    weight: torch.Tensor | None = None  # new [out, in] weight for methods that update weights
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Method:
+    name: str
+    fn: Callable[..., MethodResult]
+    needs: frozenset = frozenset()  # statistics kinds, see polyprune.stats.KINDS
+    sets: tuple[str, ...] = ()  # calibration sets required (e.g. target, contrast)
+    updates_weights: bool = False
+    options: dict[str, Any] = field(default_factory=dict)  # option -> default (documented)
+    doc: str = ""
+
+    @property
+    def needs_calibration(self) -> bool:
+        return bool(self.needs)
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(name: str, needs=(), sets=("target",), updates_weights=False, options=None):
+    """Decorator: register a pruning method under ``name``."""
+    def deco(fn):
+        METHODS[name] = Method(name, fn, frozenset(needs), tuple(sets) if needs else (),
+                               updates_weights, dict(options or {}), (fn.__doc__ or "").strip())
+        return fn
+    return deco
+
+
+def get_method(name: str) -> Method:
+    _load_builtin()
+    if name not in METHODS:
+        raise UserError(f"unknown method {name!r}: choose one of {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+def check_options(method: Method, options: dict[str, Any]) -> None:
+    unknown = sorted(set(options) - set(method.options))
+    if unknown:
+        valid = ", ".join(sorted(method.options)) or "none"
+        raise UserError(f"method {method.name!r} has no option {unknown[0]!r}: valid options are {valid}")
+
+
+_LOADED = False
+
+
+def _load_builtin() -> None:
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    import importlib
+    import pkgutil
+    for mod in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{mod.name}")
+
+
+__all__ = ["METHODS", "Method", "MethodResult", "Spec", "check_options", "get_method", "register"]

@@ -1,0 +1,90 @@
+"""SparseGPT (Frantar & Alistarh 2023): OBS-based pruning with weight reconstruction."""
+from __future__ import annotations
+
+import torch
+
+from ..errors import UserError
+from . import MethodResult, Spec, register
+
+
+def inverse_hessian_factor(W: torch.Tensor, H: torch.Tensor, percdamp: float = 0.01, name: str = "",
+                           max_tries: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dead inputs (diag 0) get H_ii = 1 and their weight column zeroed; damping λ·mean(diag H);
+    returns (W, upper Cholesky factor of H⁻¹). On Cholesky failure the damping is raised ×10
+    stepwise; if it still fails, a clear error names the layer."""
+    H = H.clone()
+    W = W.clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    diag = torch.arange(H.shape[0])
+    mean_diag = torch.mean(torch.diag(H))
+    damp = percdamp
+    for _ in range(max_tries):
+        Hd = H.clone()
+        Hd[diag, diag] += damp * mean_diag
+        L, info = torch.linalg.cholesky_ex(Hd)
+        if int(info) == 0:
+            Hinv = torch.cholesky_inverse(L)
+            U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
+            if int(info) == 0:
+                return W, U
+        damp *= 10
+    raise UserError(f"{name or 'layer'}: the input Hessian is not positive definite even with damping "
+                    f"{damp / 10:g}·mean(diag): give more (or more varied) calibration tokens or raise percdamp")
+
+
+def sparsegpt_prune(W: torch.Tensor, H: torch.Tensor, sparsity: float, prunen: int = 0, prunem: int = 0,
+                    blocksize: int = 128, percdamp: float = 0.01, reference_threshold: bool = True,
+                    name: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (pruned mask, reconstructed weight), both [out, in], as IST-DASLab/sparsegpt's
+    ``fasterprune``. Unstructured masks are chosen per block of columns over all rows by w²/d²;
+    ``reference_threshold`` keeps the reference's ``<=`` rule, else exactly int(numel·s) per block."""
+    W, Hinv = inverse_hessian_factor(W.float(), H, percdamp, name)
+    rows, columns = W.shape
+    pruned = torch.zeros_like(W, dtype=torch.bool)
+    for i1 in range(0, columns, blocksize):
+        i2 = min(i1 + blocksize, columns)
+        count = i2 - i1
+        W1 = W[:, i1:i2].clone()
+        Q1 = torch.zeros_like(W1)
+        Err1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        if prunen == 0:
+            tmp = W1 ** 2 / (torch.diag(Hinv1).reshape((1, -1))) ** 2
+            if reference_threshold:
+                thresh = torch.sort(tmp.flatten())[0][int(tmp.numel() * sparsity)]
+                mask1 = tmp <= thresh
+            else:
+                mask1 = torch.zeros_like(tmp, dtype=torch.bool)
+                k = int(tmp.numel() * sparsity)
+                mask1.view(-1)[torch.sort(tmp.flatten(), stable=True)[1][:k]] = True
+        else:
+            mask1 = torch.zeros_like(W1, dtype=torch.bool)
+        for i in range(count):
+            w = W1[:, i]
+            d = Hinv1[i, i]
+            if prunen != 0 and i % prunem == 0:
+                tmp = W1[:, i:(i + prunem)] ** 2 / (torch.diag(Hinv1)[i:(i + prunem)].reshape((1, -1))) ** 2
+                mask1.scatter_(1, i + torch.topk(tmp, prunen, dim=1, largest=False)[1], True)
+            q = w.clone()
+            q[mask1[:, i]] = 0
+            Q1[:, i] = q
+            err1 = (w - q) / d
+            W1[:, i:] -= err1.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))
+            Err1[:, i] = err1
+        W[:, i1:i2] = Q1
+        pruned[:, i1:i2] = mask1
+        W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
+    return pruned, W
+
+
+@register("sparsegpt", needs=("hessian",), updates_weights=True,
+          options={"blocksize": 128, "percdamp": 0.01, "reference_threshold": True})
+def sparsegpt(W: torch.Tensor, stats, spec: Spec) -> MethodResult:
+    """OBS pruning + reconstruction of the remaining weights from H = (2/n) Σ XXᵀ."""
+    pat = spec.pattern
+    pruned, Wn = sparsegpt_prune(W, stats.target.H, spec.sparsity, pat.n, pat.m,
+                                 int(spec.opt("blocksize", 128)), float(spec.opt("percdamp", 0.01)),
+                                 bool(spec.opt("reference_threshold", True)), spec.name)
+    return MethodResult(~pruned, Wn * (~pruned))

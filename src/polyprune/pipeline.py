@@ -1,0 +1,68 @@
+"""One pruning run from a RunConfig to a run folder (used by the CLI, grids and the demo)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from .calibration import Calibration, build_calibration, from_text_file
+from .config import CalibrationConfig, RunConfig
+from .errors import UserError
+from .methods import get_method
+from .run import staged_dir, write_run
+
+log = logging.getLogger(__name__)
+
+
+def calibration_from_config(cc: CalibrationConfig, tokenizer, seed: int, method: str) -> Calibration | None:
+    """Build the calibration a run asks for (``None`` for data-free methods)."""
+    meth = get_method(method)
+    if not meth.needs:
+        if cc.file or cc.recipe or cc.contrast or cc.contrast_lang:
+            log.info("method %s uses no calibration data; ignoring the calibration settings", method)
+        return None
+    if tokenizer is None:
+        raise UserError("this model has no tokenizer: calibration text cannot be tokenized")
+    if cc.file and cc.recipe:
+        raise UserError("give either --calibration-file or --calibration RECIPE, not both")
+    common = dict(nsamples=cc.nsamples, seqlen=cc.seqlen, seed=seed, data_dir=cc.data_dir)
+    if cc.file:
+        cal = from_text_file(cc.file, tokenizer, cc.nsamples, cc.seqlen, seed, tuple(cc.langs))
+    elif cc.recipe:
+        cal = build_calibration(cc.recipe, tokenizer, langs=list(cc.langs), target_lang=cc.target_lang,
+                                k=cc.k, **common, **cc.options)
+    else:
+        raise UserError(f"method {method!r} needs calibration data: give --calibration-file FILE or "
+                        f"--calibration RECIPE --lang CODE")
+    has_contrast = bool(cc.contrast or cc.contrast_lang)
+    if has_contrast and "contrast" not in meth.sets:
+        raise UserError(f"a contrast set was given but method {method!r} does not use one: "
+                        f"use --method wanda-contrastive or drop --contrast")
+    if "contrast" in meth.sets:
+        if not has_contrast:
+            raise UserError(f"method {method!r} needs a contrast set: give --contrast code or --contrast-lang CODE")
+        if cc.contrast_lang:
+            contrast = build_calibration(cc.contrast if cc.contrast not in (None, "code") else "monolingual",
+                                         tokenizer, langs=[cc.contrast_lang], target_lang=None, k=cc.k, **common)
+        else:
+            contrast = build_calibration(cc.contrast, tokenizer, langs=[], target_lang=None, k=cc.k, **common)
+        cal = cal.with_set("target") + contrast.with_set("contrast")
+    return cal
+
+
+def run_prune(cfg: RunConfig, out: str | Path, force: bool = False) -> Path:
+    """Load the model, build the calibration, prune, write the run folder atomically."""
+    from .model import load_model
+    from .prune import prune
+    out = Path(out)
+    get_method(cfg.method)  # fail fast on bad input, before loading anything
+    with staged_dir(out, force) as tmp:
+        model, tok = load_model(cfg.model, cfg.dtype, cfg.device)
+        cal = calibration_from_config(cfg.calibration, tok, cfg.seed, cfg.method)
+        masks = prune(model, cal, cfg.method, cfg.sparsity, cfg.pattern, seed=cfg.seed,
+                      sequential=cfg.sequential, count_pads=cfg.count_pads,
+                      keep_dense_layers=cfg.keep_dense_layers or None, keep_stats=cfg.keep_stats,
+                      allocation=cfg.allocation, allocation_options=cfg.allocation_options,
+                      **cfg.method_options)
+        write_run(tmp, cfg, masks, cal, tok, model)
+    log.info("run written to %s (achieved sparsity %.4f)", out, masks.record["achieved_sparsity"])
+    return out

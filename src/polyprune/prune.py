@@ -1,0 +1,160 @@
+"""The pruning entry point: ``pp.prune(model, calibration, method=..., sparsity=..., pattern=...)``."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from .calibration import Calibration, as_calibration
+from .collect import walk
+from .errors import UserError
+from .masks import check_sparsity, parse_pattern, sparsity_report, to_stored, weight_matrix
+from .methods import Spec, check_options, get_method
+from .model import find_layers, prunable_modules
+from .progress import Timer, peak_memory
+
+log = logging.getLogger(__name__)
+
+
+class Masks(dict):
+    """``full parameter name -> bool mask (True = kept)``, plus what the run produced:
+    ``weights`` (new values of weight-updating methods), ``stats`` (kept statistics), ``record``."""
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.weights: dict[str, torch.Tensor] = {}
+        self.stats: dict[str, Any] = {}
+        self.record: dict[str, Any] = {}
+
+
+def normalise_layer_list(keep: Sequence[int] | str | None, n_layers: int) -> set[int]:
+    """``[0, -1]`` or ``"0,-1"`` → {0, n-1}; out-of-range indices are an error."""
+    if keep is None or keep == "":
+        return set()
+    items = [int(x) for x in keep.split(",")] if isinstance(keep, str) else [int(x) for x in keep]
+    out = set()
+    for i in items:
+        j = i + n_layers if i < 0 else i
+        if not 0 <= j < n_layers:
+            raise UserError(f"layer index {i} is out of range for a model with {n_layers} decoder layers")
+        out.add(j)
+    return out
+
+
+def prune(model: nn.Module, calibration: Any = None, method: str = "wanda", sparsity: float | None = 0.5,
+          pattern: str = "unstructured", *, seed: int = 0, sequential: bool = True, count_pads: bool = False,
+          keep_dense_layers: Sequence[int] | str | None = None, layer_sparsity: Sequence[float] | None = None,
+          keep_stats: Sequence[str] | bool = False, allocation: str | None = None,
+          allocation_options: dict | None = None, **method_options) -> Masks:
+    """Prune ``model`` in place, layer by layer, and return its masks.
+
+    ``calibration``: LongTensor [n, L], list of dicts {input_ids, attention_mask}, or a Calibration
+    (needed by methods that use activations). ``pattern``: ``unstructured`` or ``N:M``.
+    ``sequential``: statistics of layer l come from the already-pruned layers < l (the references);
+    False: all statistics from the dense model. ``count_pads``: let pad tokens into statistics
+    (the references' behaviour). ``keep_dense_layers``: decoder layers left unpruned.
+    ``layer_sparsity``: one target per decoder layer (overrides ``sparsity``). ``allocation``: a
+    registered layer-wise sparsity allocation (e.g. ``owl``). ``keep_stats``: True or a list of
+    statistics kinds to keep (returned in ``masks.stats``)."""
+    t_start = time.perf_counter()
+    meth = get_method(method)
+    check_options(meth, method_options)
+    pat = parse_pattern(pattern)
+    if pat.structured:
+        sparsity = pat.sparsity
+    else:
+        sparsity = check_sparsity(sparsity)
+    path, layers = find_layers(model)
+    n_layers = len(layers)
+    keep = normalise_layer_list(keep_dense_layers, n_layers)
+    extra = set()
+    if keep_stats:
+        extra = {"sqnorm"} if keep_stats is True else set(keep_stats)
+    kinds = frozenset(set(meth.needs) | extra)
+    cal: Calibration | None = None
+    if kinds:
+        if calibration is None:
+            raise UserError(f"method {method!r} needs calibration data: give --calibration-file or a recipe")
+        cal = as_calibration(calibration)
+        missing = [s for s in meth.sets if s not in cal.sets]
+        if missing:
+            raise UserError(f"method {method!r} needs calibration set {missing[0]!r} "
+                            f"(have {', '.join(cal.sets)}): give it (e.g. --contrast)")
+        extra_sets = [s for s in cal.sets if s not in meth.sets and not extra]
+        if extra_sets and meth.sets:
+            raise UserError(f"calibration set {extra_sets[0]!r} is not used by method {method!r}: "
+                            f"drop it (a contrast set needs --method wanda-contrastive)")
+    elif calibration is not None:
+        log.info("method %s uses no calibration data; the calibration is ignored", method)
+
+    timer = Timer()
+    targets = _layer_targets(model, cal, sparsity, pat, layer_sparsity, allocation, allocation_options,
+                             n_layers, count_pads, timer)
+    masks = Masks()
+    sets = tuple(meth.sets) if (meth.sets and not extra) else None
+    device = next(model.parameters()).device
+
+    def on_layer(i: int, layer: nn.Module, stats) -> None:
+        if i in keep:
+            return
+        for mname, mod in prunable_modules(layer).items():
+            full = f"{path}.{i}.{mname}.weight"
+            W = weight_matrix(mod).detach().to(torch.float32).clone().cpu()
+            st = None
+            if stats is not None:
+                st = stats[mname]
+                if meth.needs:
+                    _check_finite(st, full)
+                if extra:
+                    masks.stats[full] = {k: v.tensors() for k, v in st.items()}
+            spec = Spec(targets[i], pat, {**method_options}, full, seed)
+            res = meth.fn(W, st, spec)
+            kept = res.kept.to(torch.bool)
+            with torch.no_grad():
+                new = res.weight if res.weight is not None else W * kept
+                stored = to_stored(mod, new.to(mod.weight.dtype)).to(device)
+                mod.weight.data.copy_(stored)
+            masks[full] = to_stored(mod, kept).cpu()
+            if res.weight is not None:
+                masks.weights[full] = to_stored(mod, res.weight.to(mod.weight.dtype)).cpu()
+
+    walk(model, cal, kinds, sets, on_layer, sequential=sequential, count_pads=count_pads, timer=timer,
+         skip_stats=lambda i: i in keep and not extra, description=f"{method} {pat if pat.structured else sparsity}")
+    rep = sparsity_report(masks)
+    masks.record = {
+        "method": method, "sparsity_target": sparsity, "pattern": str(pat), "achieved_sparsity": rep["overall"],
+        "per_matrix": rep["per_matrix"], "pruned_weights": rep["pruned"], "prunable_weights": rep["total"],
+        "layer_sparsity": targets, "keep_dense_layers": sorted(keep),
+        "timings_s": {**timer.phases, "total": time.perf_counter() - t_start},
+        "memory": peak_memory(),
+        "calibration": None if cal is None else {
+            "samples": len(cal), "tokens": sum(s.n_tokens for s in cal.samples),
+            "tokens_per_set_and_language": cal.token_counts(), "count_pads": count_pads},
+    }
+    return masks
+
+
+def _check_finite(st, name: str) -> None:
+    for set_name, ms in st.items():
+        for t in (ms.scaler_row, ms.H):
+            if t is not None and not torch.isfinite(t).all():
+                raise UserError(f"non-finite input statistics at {name} (set {set_name}): use float32 "
+                                f"(--dtype float32) or check the calibration tokens")
+
+
+def _layer_targets(model, cal, sparsity, pat, layer_sparsity, allocation, allocation_options, n_layers,
+                   count_pads, timer) -> list[float]:
+    if layer_sparsity is not None:
+        if len(layer_sparsity) != n_layers:
+            raise UserError(f"layer_sparsity has {len(layer_sparsity)} values for {n_layers} decoder layers")
+        return [check_sparsity(s) for s in layer_sparsity]
+    if allocation in (None, "", "uniform"):
+        return [sparsity] * n_layers
+    from .allocation import get_allocation
+    alloc = get_allocation(allocation)
+    with timer("allocation"):
+        out = alloc(model, cal, sparsity, pat, count_pads=count_pads, **(allocation_options or {}))
+    return [float(s) for s in out]

@@ -1,0 +1,157 @@
+"""Run folders: write atomically (temp dir + rename), read back for eval / analysis / apply.
+
+Layout: ``config.yaml`` · ``masks.safetensors`` · ``weights.safetensors`` (kept values of
+weight-updating methods, e.g. SparseGPT) · ``record.json`` · ``calibration.jsonl`` ·
+``stats.safetensors`` (with keep_stats) · ``model/`` (with save_model) · ``results/`` · ``figures/``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from .config import RunConfig, validate_config
+from .errors import UserError
+from .masks import apply_masks, load_masks, save_masks
+
+log = logging.getLogger(__name__)
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+    out = {"python": platform.python_version()}
+    for pkg in ("polyprune", "torch", "transformers", "safetensors", "tokenizers"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Atomic JSON write."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, ensure_ascii=False, default=_json_default)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _json_default(o):
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)
+
+
+@contextmanager
+def staged_dir(out: Path, force: bool = False):
+    """Yield a temp folder beside ``out``; on success it replaces ``out``, on error it is removed."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise UserError(f"output folder {out} already exists: choose another --out or pass --force")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=str(out.parent)))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def write_run(folder: Path, cfg: RunConfig, masks, calibration=None, tokenizer=None, model=None) -> None:
+    """Write the run artifacts into ``folder`` (normally a staged temp folder)."""
+    from safetensors.torch import save_file
+    folder.mkdir(parents=True, exist_ok=True)
+    data = cfg.model_dump(mode="json")
+    data["versions"] = versions()
+    (folder / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    meta = {"method": cfg.method, "model": cfg.model, "pattern": cfg.pattern, "sparsity": str(cfg.sparsity)}
+    save_masks(masks, folder / "masks.safetensors", meta)
+    weights = getattr(masks, "weights", {}) or {}
+    if weights:  # only the kept values: W[mask] in row-major order
+        save_file({k: v[masks[k]].contiguous() for k, v in sorted(weights.items())},
+                  str(folder / "weights.safetensors"), metadata={"format": "polyprune-kept-values"})
+    stats = getattr(masks, "stats", {}) or {}
+    if stats:
+        flat = {f"{p}::{s}::{k}": t.contiguous() for p, per in stats.items() for s, d in per.items()
+                for k, t in d.items()}
+        save_file(flat, str(folder / "stats.safetensors"))
+    if calibration is not None:
+        calibration.write_jsonl(folder / "calibration.jsonl", tokenizer)
+    record = dict(getattr(masks, "record", {}) or {})
+    record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    if model is not None and cfg.save_model:
+        model.save_pretrained(folder / "model")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder / "model")
+    write_json(folder / "record.json", record)
+
+
+def is_run(path: str | Path) -> bool:
+    p = Path(path)
+    return (p / "config.yaml").is_file() and (p / "masks.safetensors").is_file()
+
+
+def read_config(path: str | Path) -> RunConfig:
+    p = Path(path)
+    data = yaml.safe_load((p / "config.yaml").read_text(encoding="utf-8")) or {}
+    data.pop("versions", None)
+    return validate_config(data, f"{p}/config.yaml")
+
+
+def load_kept_weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+    f = Path(path) / "weights.safetensors"
+    return load_file(str(f)) if f.is_file() else {}
+
+
+def apply_run(model, path: str | Path) -> None:
+    """Apply a run's masks (and the updated kept values of weight-updating methods) to ``model``."""
+    masks = load_masks(path)
+    apply_masks(model, masks)
+    kept = load_kept_weights(Path(path))
+    if kept:
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, values in kept.items():
+                p = params[name]
+                m = masks[name].to(p.device)
+                p.data[m] = values.to(device=p.device, dtype=p.dtype)
+
+
+def load_run_or_model(target: str, dtype: str | None = None, device: str | None = None):
+    """``(model, tokenizer, run_dir or None)``: a run folder (base model + masks) or any model."""
+    from .model import load_model
+    p = Path(target)
+    if p.is_dir() and is_run(p):
+        cfg = read_config(p)
+        if (p / "model").is_dir():
+            model, tok = load_model(str(p / "model"), dtype or cfg.dtype, device or cfg.device)
+        else:
+            model, tok = load_model(cfg.model, dtype or cfg.dtype, device or cfg.device)
+            apply_run(model, p)
+        return model, tok, p
+    if p.is_dir() and (p / "config.yaml").is_file() and not (p / "masks.safetensors").exists():
+        raise UserError(f"{p} looks like an unfinished run (no masks.safetensors): re-run it")
+    model, tok = load_model(target, dtype, device)
+    return model, tok, None

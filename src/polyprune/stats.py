@@ -1,0 +1,131 @@
+"""Running fp32 input statistics of one Linear, per named calibration set (pad-aware).
+
+Update rules follow the references exactly (including their running rescale and float order):
+- ``scaler_row`` (Wanda): mean over *samples* of Σ_tokens x², ``s *= n/(n+b); n += b; s += ‖x‖²/n``.
+- ``H`` (SparseGPT/GPTQ): ``(2/n) Σ x xᵀ`` with the same running rescale.
+- ``moments`` (DSnoT and friends): token-weighted running mean and variance per input feature.
+- ``per_lang``: Σ x², token count and count of x > 0 per input feature, per language tag.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+KINDS = ("sqnorm", "hessian", "moments", "per_lang")
+
+
+@dataclass
+class ModuleStats:
+    """Statistics of one Linear's inputs over one calibration set."""
+
+    columns: int
+    kinds: frozenset
+    nsamples: int = 0
+    ntokens: int = 0
+    scaler_row: torch.Tensor | None = None
+    H: torch.Tensor | None = None
+    mean: torch.Tensor | None = None
+    m2: torch.Tensor | None = None  # Σ (x - mean)² (Welford / Chan merge)
+    lang_sqsum: dict = field(default_factory=dict)
+    lang_tokens: dict = field(default_factory=dict)
+    lang_positive: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        c = self.columns
+        if "sqnorm" in self.kinds:
+            self.scaler_row = torch.zeros(c, dtype=torch.float32)
+        if "hessian" in self.kinds:
+            self.H = torch.zeros(c, c, dtype=torch.float32)
+        if "moments" in self.kinds:
+            self.mean = torch.zeros(c, dtype=torch.float64)
+            self.m2 = torch.zeros(c, dtype=torch.float64)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        """Population variance per input feature."""
+        return (self.m2 / max(self.ntokens, 1)).float()
+
+    def add(self, x: torch.Tensor, langs: tuple[str, ...] = (), batch: int = 1) -> None:
+        """Add the inputs of one forward call: x [tokens, columns] (pads already removed).
+
+        ``batch`` is the number of samples the tokens came from (the references' ``tmp``)."""
+        x = x.reshape(-1, x.shape[-1])
+        if self.scaler_row is not None or self.H is not None:
+            n_old = self.nsamples
+            n_new = n_old + batch
+            xt = x.t().to(torch.float32)
+            if self.scaler_row is not None:
+                self.scaler_row *= n_old / n_new
+                self.scaler_row += torch.norm(xt, p=2, dim=1) ** 2 / n_new
+            if self.H is not None:
+                self.H *= n_old / n_new
+                xs = math.sqrt(2 / n_new) * xt
+                self.H += xs.matmul(xs.t())
+        self.nsamples += batch
+        t = x.shape[0]
+        if self.mean is not None and t:
+            xd = x.to(torch.float64)
+            bm = xd.mean(0)
+            bm2 = ((xd - bm) ** 2).sum(0)
+            n_a = self.ntokens
+            tot = n_a + t
+            delta = bm - self.mean
+            self.mean += delta * (t / tot)
+            self.m2 += bm2 + delta ** 2 * (n_a * t / tot)
+        if "per_lang" in self.kinds and t:
+            xf = x.to(torch.float32)
+            sq = (xf * xf).sum(0)
+            pos = (xf > 0).sum(0).to(torch.float32)
+            for lang in langs or ("und",):
+                if lang in self.lang_sqsum:
+                    self.lang_sqsum[lang] += sq
+                    self.lang_positive[lang] += pos
+                    self.lang_tokens[lang] += t
+                else:
+                    self.lang_sqsum[lang] = sq.clone()
+                    self.lang_positive[lang] = pos.clone()
+                    self.lang_tokens[lang] = t
+        self.ntokens += t
+
+    def feature_norm(self) -> torch.Tensor:
+        """‖X_j‖ as Wanda uses it: sqrt of the per-sample mean of Σ_tokens x²."""
+        if self.scaler_row is None:
+            raise KeyError("sqnorm")
+        return torch.sqrt(self.scaler_row)
+
+    def lang_norms(self) -> dict[str, torch.Tensor]:
+        """Token-count normalised feature norms per language: sqrt(Σ x² / tokens)."""
+        return {k: torch.sqrt(v / max(self.lang_tokens[k], 1)) for k, v in self.lang_sqsum.items()}
+
+    def lang_activation_probability(self) -> dict[str, torch.Tensor]:
+        return {k: v / max(self.lang_tokens[k], 1) for k, v in self.lang_positive.items()}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Flat dict for saving (``--keep-stats``)."""
+        out: dict[str, torch.Tensor] = {}
+        if self.scaler_row is not None:
+            out["scaler_row"] = self.scaler_row
+        if self.mean is not None:
+            out["mean"] = self.mean.float()
+            out["var"] = self.variance
+        for k in self.lang_sqsum:
+            out[f"lang_norm.{k}"] = self.lang_norms()[k]
+            out[f"lang_actprob.{k}"] = self.lang_activation_probability()[k]
+        return out
+
+
+class SetStats(dict):
+    """``set name -> ModuleStats`` for one Linear; ``stats.target`` is the default set."""
+
+    def __getitem__(self, name: str) -> ModuleStats:
+        try:
+            return super().__getitem__(name)
+        except KeyError:
+            from .errors import UserError
+            raise UserError(f"calibration set {name!r} is missing: the run has sets {sorted(self)}") from None
+
+    @property
+    def target(self) -> ModuleStats:
+        return self["target"]
