@@ -1,0 +1,53 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("POLYPRUNE_PROGRESS", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real offline data (FLORES-200, XNLI, MARC) beside the project."""
+    d = Path(os.environ.get("POLYPRUNE_DATA_DIR", SHARED_DATA))
+    if not (d / "flores200").is_dir():
+        pytest.skip(f"no offline data at {d}")
+    return d
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from polyprune.testing import tiny_tokenizer
+    return tiny_tokenizer()
+
+
+@pytest.fixture
+def tiny():
+    """Factory: tiny(family, seed=0) → a fresh tiny random model."""
+    from polyprune.testing import tiny_model
+    return tiny_model
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """Factory: a saved tiny llama (or another family) folder with tokenizer, for CLI tests."""
+    from polyprune.testing import save_tiny
+    cache = {}
+
+    def make(family: str = "llama") -> Path:
+        if family not in cache:
+            cache[family] = save_tiny(family, tmp_path_factory.mktemp(f"tiny-{family}"))
+        return cache[family]
+    return make
+
+
+@pytest.fixture
+def calib_ids():
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(5, 384, (4, 24), generator=g)
