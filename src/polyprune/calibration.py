@@ -185,7 +185,7 @@ def register_recipe(name: str):
 
 def build_calibration(name: str, tokenizer, **options) -> Calibration:
     """Build calibration samples with recipe ``name`` (see ``RECIPES``)."""
-    from . import calibration_recipes as _  # noqa: F401  (registers the language-aware recipes)
+    from . import calibrations as _  # noqa: F401  (registers the language-aware recipes)
     if name not in RECIPES:
         raise UserError(f"unknown calibration recipe {name!r}: choose one of {', '.join(sorted(RECIPES))}")
     return RECIPES[name](tokenizer, **options)
