@@ -1,0 +1,63 @@
+"""Language-agnostic vs language-specific representations: LSAR (Xie et al. 2022), as used by
+Kurz et al. 2025 (Sec. 5.1, App. D.2).
+
+M [d, L] holds one mean embedding per language. LSAR finds μ (shared, language-agnostic) and an
+orthonormal M_s [d, r] (language-specific subspace, r ≤ L − 1) with M ≈ μ1ᵀ + M_s Γᵀ and
+μ ⟂ span(M_s), in two SVD steps. An embedding e splits into its language-specific part
+s = M_s M_sᵀ e and its language-agnostic part a = e − s.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..errors import UserError
+
+
+def lsar_subspace(M: torch.Tensor, rank: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(mu [d], M_s [d, r], Gamma [L, r])`` from language means ``M`` [d, L] (float64 inside).
+
+    Step 1: centre the columns on their mean μ', top-r SVD → M' = μ'1ᵀ + U_r S_r V_rᵀ.
+    Step 2: μ = v / ‖v‖² with v = pinv(M'ᵀ) 1 (so that M'ᵀμ = ‖μ‖² 1, i.e. every column minus μ
+    is orthogonal to μ), then top-r SVD of M' − μ1ᵀ gives M_s and Γ (Γ = V_r S_r)."""
+    if M.dim() != 2:
+        raise UserError(f"LSAR needs a [d, L] matrix of language means, got shape {tuple(M.shape)}")
+    d, L = M.shape
+    if L < 2:
+        raise UserError("LSAR needs at least two languages: give two or more --lang")
+    r = L - 1 if rank is None else int(rank)
+    if not 1 <= r <= L - 1:
+        raise UserError(f"LSAR rank {r} is outside [1, {L - 1}] for {L} languages")
+    Md = M.double()
+    ones = torch.ones(L, dtype=torch.float64)
+    mu1 = Md.mean(dim=1)
+    U, S, Vh = torch.linalg.svd(Md - mu1[:, None], full_matrices=False)
+    Mp = mu1[:, None] + U[:, :r] @ torch.diag(S[:r]) @ Vh[:r]
+    v = torch.linalg.pinv(Mp.t()) @ ones
+    mu = v / (v @ v)
+    U2, S2, Vh2 = torch.linalg.svd(Mp - mu[:, None], full_matrices=False)
+    Ms = U2[:, :r]
+    gamma = Vh2[:r].t() * S2[:r]
+    return mu.to(M.dtype), Ms.to(M.dtype), gamma.to(M.dtype)
+
+
+def lsar_split(E: torch.Tensor, Ms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(specific, agnostic)`` parts of embeddings ``E`` [n, d]: s = E M_s M_sᵀ, a = E − s."""
+    s = (E.double() @ Ms.double()) @ Ms.double().t()
+    return s.to(E.dtype), (E.double() - s).to(E.dtype)
+
+
+def component_change(dense: torch.Tensor, pruned: torch.Tensor, Ms_dense: torch.Tensor,
+                     Ms_pruned: torch.Tensor) -> dict[str, float]:
+    """How pruning moves each component of sentence embeddings [n, d] (one language, one layer):
+    the mean over sentences of ‖x_dense − x_pruned‖₂ for x = specific / agnostic part, each model
+    using its own subspace (Kurz et al.), plus the same relative to the mean dense norm."""
+    sd, ad = lsar_split(dense, Ms_dense)
+    sp, ap = lsar_split(pruned, Ms_pruned)
+    ds = float((sd - sp).double().norm(dim=1).mean())
+    da = float((ad - ap).double().norm(dim=1).mean())
+    ns = float(sd.double().norm(dim=1).mean())
+    na = float(ad.double().norm(dim=1).mean())
+    return {"delta_specific": ds, "delta_agnostic": da,
+            "rel_delta_specific": ds / ns if ns else float("nan"),
+            "rel_delta_agnostic": da / na if na else float("nan"),
+            "norm_specific": ns, "norm_agnostic": na}
