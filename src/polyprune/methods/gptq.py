@@ -1,0 +1,146 @@
+"""GPTQ (Frantar et al. 2023) and joint SparseGPT pruning + GPTQ quantisation.
+
+Both share the Hessian statistics and the damped inverse-Hessian factor with SparseGPT
+(``stats`` kind ``hessian``, :func:`polyprune.methods.sparsegpt.inverse_hessian_factor`).
+The loop follows IST-DASLab/gptq ``fasterquant``: blocks of columns, each column rounded to the
+grid and its error spread over the remaining columns with the rows of the inverse-Hessian factor.
+Grid parameters per group are taken when the walk reaches the group's first column, from the
+weights as updated up to the start of the current block (the reference's ``W[:, i:i+g]``); with
+``act_order`` the columns are visited by decreasing ``diag(H)`` and the groups are fixed up front
+in the original column order (the reference's ``--static-groups``; compressed-tensors
+``actorder: weight``), so no column permutation needs storing.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..errors import UserError
+from ..quant import QuantSpec, find_params, quant_spec, quantize
+from . import MethodResult, Spec, register
+from .sparsegpt import inverse_hessian_factor
+
+
+def gptq_quantize(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, blocksize: int = 128, percdamp: float = 0.01,
+                  act_order: bool = False, sparsity: float = 0.0, prunen: int = 0, prunem: int = 0,
+                  reference_threshold: bool = True, name: str = "") -> dict[str, torch.Tensor]:
+    """Quantise ``W`` [out, in] with the Hessian ``H`` [in, in]; optionally prune jointly (SparseGPT's
+    mask selection per block by w²/d², or N:M groups, before each column is rounded).
+
+    Returns ``{"weight": dequantised W, "pruned": bool mask, "scale": [out, groups],
+    "zero": [out, groups]}``; ``weight`` lies exactly on the grid and is 0 where pruned."""
+    W = W.float()
+    rows, columns = W.shape
+    if spec.group_size is not None and columns % spec.group_size:
+        quant_spec(spec.bits, spec.group_size, spec.sym, columns)  # raises the clear error
+    prune = sparsity > 0 or prunem > 0
+    if prune and act_order:
+        raise UserError("act_order is not available together with pruning: drop act_order or quantise "
+                        "after pruning with method gptq")
+    gs = spec.group_size
+    ngroups = spec.groups(columns)
+    scale = torch.zeros(rows, ngroups)
+    zero = torch.zeros(rows, ngroups)
+    if gs is None:  # one grid per row from the weights as given (before dead columns are zeroed)
+        s, z = find_params(W, spec)
+        scale[:], zero[:] = s, z
+    dead = torch.diag(H) == 0
+    Wd = W.clone()
+    Wd[:, dead] = 0
+    if gs is not None and act_order:  # static groups in the original column order
+        for g in range(ngroups):
+            s, z = find_params(Wd[:, g * gs:(g + 1) * gs], spec)
+            scale[:, g:g + 1], zero[:, g:g + 1] = s, z
+    perm = None
+    if act_order:
+        diag = torch.diag(H).clone()
+        diag[dead] = 1
+        perm = torch.argsort(diag, descending=True, stable=True)
+        W, H = W[:, perm], H[perm][:, perm]
+    W, Hinv = inverse_hessian_factor(W, H, percdamp, name)
+    col_group = torch.arange(columns) // gs if gs is not None else torch.zeros(columns, dtype=torch.long)
+    if perm is not None:
+        col_group = col_group[perm]
+    Q = torch.zeros_like(W)
+    pruned = torch.zeros_like(W, dtype=torch.bool)
+    maxq = spec.maxq
+    for i1 in range(0, columns, blocksize):
+        i2 = min(i1 + blocksize, columns)
+        count = i2 - i1
+        W1 = W[:, i1:i2].clone()
+        Q1 = torch.zeros_like(W1)
+        Err1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        mask1 = torch.zeros_like(W1, dtype=torch.bool)
+        if prune and prunem == 0:
+            tmp = W1 ** 2 / (torch.diag(Hinv1).reshape((1, -1))) ** 2
+            if reference_threshold:
+                thresh = torch.sort(tmp.flatten())[0][int(tmp.numel() * sparsity)]
+                mask1 = tmp <= thresh
+            else:
+                k = int(tmp.numel() * sparsity)
+                mask1.view(-1)[torch.sort(tmp.flatten(), stable=True)[1][:k]] = True
+        for i in range(count):
+            col = i1 + i
+            w = W1[:, i]
+            d = Hinv1[i, i]
+            if gs is not None and not act_order and col % gs == 0:
+                s, z = find_params(W[:, col:col + gs], spec)
+                scale[:, col // gs:col // gs + 1], zero[:, col // gs:col // gs + 1] = s, z
+            if prunem and i % prunem == 0:
+                tmp = W1[:, i:i + prunem] ** 2 / (torch.diag(Hinv1)[i:i + prunem].reshape((1, -1))) ** 2
+                mask1.scatter_(1, i + torch.topk(tmp, prunen, dim=1, largest=False)[1], True)
+            g = int(col_group[col])
+            q = w.clone()
+            if prune:
+                q[mask1[:, i]] = 0
+            q = quantize(q.unsqueeze(1), scale[:, g:g + 1], zero[:, g:g + 1], maxq).flatten()
+            Q1[:, i] = q
+            err1 = (w - q) / d
+            W1[:, i:] -= err1.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))
+            Err1[:, i] = err1
+        Q[:, i1:i2] = Q1
+        pruned[:, i1:i2] = mask1
+        W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
+    if perm is not None:
+        inv = torch.argsort(perm)
+        Q, pruned = Q[:, inv], pruned[:, inv]
+    return {"weight": Q, "pruned": pruned, "scale": scale, "zero": zero}
+
+
+def _spec_from(spec: Spec, columns: int) -> QuantSpec:
+    return quant_spec(int(spec.opt("bits", 4)), spec.opt("group_size", 128), bool(spec.opt("sym", True)), columns)
+
+
+def _info(out: dict, q: QuantSpec, act_order: bool) -> dict:
+    return {"scale": out["scale"], "zero": out["zero"].to(torch.uint8), "bits": q.bits,
+            "group_size": q.group_size or -1, "sym": q.sym, "act_order": act_order}
+
+
+QUANT_OPTIONS = {"bits": 4, "group_size": 128, "sym": True, "blocksize": 128, "percdamp": 0.01}
+
+
+@register("gptq", needs=("hessian",), updates_weights=True, options={**QUANT_OPTIONS, "act_order": False})
+def gptq(W: torch.Tensor, stats, spec: Spec) -> MethodResult:
+    """GPTQ weight quantisation (no pruning): every weight kept, new values on a ``bits``-bit grid
+    with one scale (and zero point if ``sym`` is False) per row and ``group_size`` columns
+    (-1: per row); ``act_order`` visits columns by decreasing Hessian diagonal. ``sparsity`` is
+    ignored. ``info`` carries scale/zero for the compressed-tensors exporter."""
+    q = _spec_from(spec, W.shape[1])
+    act = bool(spec.opt("act_order", False))
+    out = gptq_quantize(W, stats.target.H, q, int(spec.opt("blocksize", 128)), float(spec.opt("percdamp", 0.01)),
+                        act_order=act, name=spec.name)
+    return MethodResult(torch.ones_like(W, dtype=torch.bool), out["weight"], _info(out, q, act))
+
+
+@register("sparsegpt-gptq", needs=("hessian",), updates_weights=True,
+          options={**QUANT_OPTIONS, "reference_threshold": True})
+def sparsegpt_gptq(W: torch.Tensor, stats, spec: Spec) -> MethodResult:
+    """SparseGPT's joint pruning and quantisation: per block the SparseGPT mask (w²/d², or N:M),
+    then each column is zeroed where pruned, rounded to the grid, and its error propagated."""
+    q = _spec_from(spec, W.shape[1])
+    pat = spec.pattern
+    out = gptq_quantize(W, stats.target.H, q, int(spec.opt("blocksize", 128)), float(spec.opt("percdamp", 0.01)),
+                        sparsity=0.0 if pat.structured else spec.sparsity, prunen=pat.n, prunem=pat.m,
+                        reference_threshold=bool(spec.opt("reference_threshold", True)), name=spec.name)
+    kept = ~out["pruned"]
+    return MethodResult(kept, out["weight"] * kept, _info(out, q, False))
