@@ -1,0 +1,95 @@
+"""Helpers shared by the calibration recipes: option checks, tokenization with the tokenizer's own
+special tokens, and seeded token windows."""
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+
+import torch
+
+from ..calibration import Sample
+from ..errors import UserError
+from ..prompts import special_prefix
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SEQLEN = 512
+
+
+def check_options(recipe: str, options: dict[str, Any], allowed: dict[str, Any]) -> dict[str, Any]:
+    """``options`` merged over ``allowed`` defaults; an unknown key is bad input."""
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        valid = ", ".join(sorted(allowed)) or "none"
+        raise UserError(f"calibration recipe {recipe!r} has no option {unknown[0]!r}: valid options are {valid}")
+    return {**allowed, **options}
+
+
+def rng_for(seed: int, *parts: str) -> random.Random:
+    """A seeded generator per (seed, recipe, language): languages never share a stream."""
+    return random.Random(":".join([str(seed), *parts]))
+
+
+def positive(name: str, value: int | None, default: int) -> int:
+    v = default if value is None else int(value)
+    if v <= 0:
+        raise UserError(f"--{name} must be positive, got {v}")
+    return v
+
+
+def encode(tokenizer, text: str, seqlen: int) -> tuple[torch.Tensor, bool]:
+    """Token ids of ``text`` with the tokenizer's special tokens (e.g. Gemma's <bos>), cut to ``seqlen``."""
+    ids = list(tokenizer(text)["input_ids"])
+    truncated = len(ids) > seqlen
+    return torch.tensor(ids[:seqlen], dtype=torch.long), truncated
+
+
+def demo_sample(tokenizer, text: str, seqlen: int, langs: tuple[str, ...], source: dict) -> Sample:
+    """One variable-length demonstration sample (no padding), cut to ``seqlen`` tokens."""
+    ids, truncated = encode(tokenizer, text, seqlen)
+    if truncated:
+        source = {**source, "truncated_to": seqlen}
+        log.debug("calibration sample cut to %d tokens", seqlen)
+    return Sample(ids, torch.ones_like(ids), langs, text=text, source=source)
+
+
+def window_samples(tokenizer, text: str, nsamples: int, seqlen: int, rng: random.Random,
+                   langs: tuple[str, ...], source: dict, units: list[tuple[int, int]] | None = None,
+                   what: str = "calibration text") -> list[Sample]:
+    """``nsamples`` windows of exactly ``seqlen`` tokens at seeded offsets (Wanda's loader), each
+    starting with the tokenizer's special prefix (e.g. <bos>); ``units`` (id, start char) give the
+    line/record ids a window covers."""
+    from ..data.text import units_in
+    prefix = special_prefix(tokenizer)
+    body = seqlen - len(prefix)
+    if body <= 0:
+        raise UserError(f"--seqlen {seqlen} leaves no room for text after the special tokens")
+    try:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=bool(units))
+    except (NotImplementedError, ValueError):  # slow tokenizers have no offsets: no line ids then
+        units = None
+        enc = tokenizer(text, add_special_tokens=False)
+    ids = enc["input_ids"]
+    n = len(ids)
+    if n <= body:
+        raise UserError(f"{what} has {n} tokens, not more than the {body} a window needs: "
+                        f"give more text or a smaller --seqlen")
+    out = []
+    for _ in range(nsamples):
+        i = rng.randint(0, n - body - 1)
+        window = ids[i:i + body]
+        src = {**source, "token_offset": i}
+        if units:
+            offs = enc["offset_mapping"]
+            src["lines"] = units_in(units, offs[i][0], offs[i + body - 1][1])
+        t = torch.tensor(prefix + window, dtype=torch.long)
+        out.append(Sample(t, torch.ones_like(t), langs, text=tokenizer.decode(window), source=src))
+    return out
+
+
+def truncate(sample: Sample, n_tokens: int) -> Sample:
+    """The first ``n_tokens`` tokens of ``sample`` (a new Sample; source notes the cut)."""
+    ids = sample.input_ids[:n_tokens]
+    am = None if sample.attention_mask is None else sample.attention_mask[:n_tokens]
+    return Sample(ids, am, sample.langs, sample.set, sample.text, {**sample.source, "truncated_to": n_tokens})
