@@ -17,7 +17,10 @@ def calibration_from_config(cc: CalibrationConfig, tokenizer, seed: int, method:
     """Build the calibration a run asks for (``None`` for data-free methods)."""
     meth = get_method(method)
     if not meth.needs:
-        if cc.file or cc.recipe or cc.contrast or cc.contrast_lang:
+        if cc.contrast or cc.contrast_lang:
+            raise UserError(f"a contrast set was given but method {method!r} does not use one: "
+                            f"use --method wanda-contrastive or drop --contrast")
+        if cc.file or cc.recipe:
             log.info("method %s uses no calibration data; ignoring the calibration settings", method)
         return None
     if tokenizer is None:
