@@ -1,0 +1,46 @@
+"""``polyprune eval``: evaluate a run folder (base model + masks) or a model, per language."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..cli import app
+from .prune import parse_options, split_langs
+
+
+@app.command("eval")
+def eval_cmd(
+    target: str = typer.Argument(..., help="Run folder (results go to RUN/results/) or model (needs --out)."),
+    task: str = typer.Option(..., "--task", "-t", help="perplexity, translation, xnli, marc, rankc, lm-eval:<task>; "
+                                                       "append -lrp2 for the LRP2 baseline (e.g. xnli-lrp2)."),
+    lang: Optional[list[str]] = typer.Option(None, "--lang", "-l", help="Language(s), FLORES or ISO codes; "
+                                                                        "repeat or comma-separate (default: the task's)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Examples per language."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", envvar="POLYPRUNE_DATA_DIR", help="Local data folder."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Results folder (required for a bare model)."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Sequences per forward pass."),
+    seed: int = typer.Option(0, "--seed", help="Seed (demonstrations, samples, bootstrap)."),
+    lm_eval_task: Optional[str] = typer.Option(None, "--lm-eval-task", help="lm-eval task name (with --task lm-eval)."),
+    lrp2: Optional[str] = typer.Option(None, "--lrp2", help="Apply LRP2: 'auto' (search a,b on XNLI dev) or 'a,b'."),
+    option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="Task option key=value (repeatable), "
+                                                                            "e.g. norm=mean, k=4, max_new_tokens=64."),
+    dtype: Optional[str] = typer.Option(None, help="float32 (CPU default), bfloat16, float16."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda … (default: auto)."),
+) -> None:
+    """Evaluate per language; writes results/<task>.json (metrics, per-example scores, settings, versions)."""
+    from ..evaluate import run_eval
+    opts = parse_options(option or [])
+    if lm_eval_task:
+        opts["lm_eval_task"] = lm_eval_task
+    if lrp2:
+        opts["lrp2"] = lrp2
+    path = run_eval(target, task, split_langs(lang) or None, out, data_dir, limit, seed, batch_size, dtype, device,
+                    **opts)
+    import json
+    res = json.loads(path.read_text(encoding="utf-8"))
+    p = res["primary"]
+    per = "  ".join(f"{k}={v:.4g}" if isinstance(v, (int, float)) else f"{k}={v}" for k, v in p["per_lang"].items())
+    avg = p["average"]
+    typer.echo(f"{path}: {p['metric']} {per}" + (f"  avg={avg:.4g}" if isinstance(avg, (int, float)) else ""))
