@@ -7,6 +7,7 @@ dataset (``code_dataset`` with ``code_field``, streamed, first ``max_files`` doc
 """
 from __future__ import annotations
 
+import os
 import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,14 +36,13 @@ def stdlib_dir() -> Path:
 
 
 def python_files(root: str | Path) -> list[str]:
-    """Relative paths of the ``.py`` files under ``root`` (sorted, test suites skipped)."""
+    """Relative paths of the ``.py`` files under ``root`` (sorted, ``SKIP_DIRS`` not entered)."""
     root = Path(root)
     out = []
-    for p in root.rglob("*.py"):
-        rel = p.relative_to(root)
-        if SKIP_DIRS.intersection(rel.parts[:-1]) or not p.is_file():
-            continue
-        out.append(rel.as_posix())
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in SKIP_DIRS]
+        rel = Path(dirpath).relative_to(root)
+        out += [(rel / f).as_posix() for f in filenames if f.endswith(".py")]
     return sorted(out)
 
 
