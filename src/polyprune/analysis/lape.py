@@ -10,7 +10,11 @@ percentile.
 """
 from __future__ import annotations
 
+import math
+
 import torch
+
+from ..errors import UserError
 
 
 def activation_probability(active_counts: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -71,3 +75,116 @@ def removal_counts(specific: torch.Tensor, neuron_pruned_share: torch.Tensor,
                   "mean_pruned_share": float(share.mean()) if n else float("nan"),
                   "removed": int((share >= removed_at).sum())}
     return out
+
+
+# ------------------------------------------------------------------ plumbing
+def neuron_pruned_share(masks: dict, path: str, layers) -> torch.Tensor:
+    """[layers, n_ffn]: share of each FFN neuron's weights a run pruned — its row in every matrix
+    whose outputs are the FFN's intermediate width (up/gate, fc1) and its column in the FFN
+    output projection."""
+    from ..masks import is_conv1d
+    from ..model import prunable_modules
+    from .hidden import ffn_output_module
+    shares = []
+    for i, layer in enumerate(layers):
+        out_name, out_mod = ffn_output_module(layer)
+        n = out_mod.weight.shape[0] if is_conv1d(out_mod) else out_mod.in_features
+        pruned_w = torch.zeros(n, dtype=torch.float64)
+        total = torch.zeros(n, dtype=torch.float64)
+        for name, mod in prunable_modules(layer).items():
+            key = f"{path}.{i}.{name}.weight"
+            if key not in masks:
+                continue
+            m = masks[key].t() if is_conv1d(mod) else masks[key]  # [out, in]
+            if name == out_name:
+                pruned_w += (~m).sum(0).double()
+                total += m.shape[0]
+            elif m.shape[0] == n:
+                pruned_w += (~m).sum(1).double()
+                total += m.shape[1]
+        shares.append(torch.where(total > 0, pruned_w / total.clamp_min(1), torch.zeros_like(total)))
+    return torch.stack(shares)
+
+
+def run_lape(runs, opts, out) -> dict:
+    """Language-specific FFN neurons of the dense model (LAPE over FLORES evaluation sentences),
+    and per run and language: how many of them the pruned model still has as specific to that
+    language, how many it lost, how many new ones appear, and the share of their weights pruned."""
+    from ..masks import load_masks
+    from .common import lang_name, resolve_eval_langs, skeleton
+    from .hidden import collect
+    langs = resolve_eval_langs(opts.langs, runs, 2, "lape")
+    res = collect(runs, langs, opts, keep_states=False)
+
+    def probs(key):
+        widths = {res.active[(key, lang)].shape for lang in langs}
+        if len(widths) != 1:
+            raise UserError("FFN widths differ between layers: LAPE needs one width per model")
+        tokens = torch.tensor([res.tokens[(key, lang)] for lang in langs], dtype=torch.float64)
+        counts = torch.stack([res.active[(key, lang)] for lang in langs], -1)
+        return activation_probability(counts, tokens)
+
+    p_dense = probs(None)
+    ent, spec = select_language_neurons(p_dense, opts.top_rate, opts.filter_rate, opts.filter_rate)
+    path, layers = skeleton(runs[0].cfg.model)
+    dense_rows = []
+    for k, lang in enumerate(langs):
+        per_layer = spec[..., k].sum(1)
+        for li, c in enumerate(per_layer.tolist()):
+            dense_rows.append({"lang": lang, "layer": li, "neurons": int(c)})
+    neuron_rows = [{"layer": int(l_), "neuron": int(j), "lang": langs[k], "entropy": float(ent[l_, j]),
+                    "prob": float(p_dense[l_, j, k])} for l_, j, k in spec.nonzero().tolist()]
+    rows = []
+    for ri, r in enumerate(runs):
+        p_run = probs(ri)
+        ent_r, spec_r = select_language_neurons(p_run, opts.top_rate, opts.filter_rate, opts.filter_rate)
+        share = neuron_pruned_share(load_masks(r.path), path, layers)
+        counts = removal_counts(spec, share, 1.0)
+        for k, lang in enumerate(langs):
+            d, pr = spec[..., k], spec_r[..., k]
+            n = int(d.sum())
+            rows.append({"run": r.key, "lang": lang, "neurons": n, "still_specific": int((d & pr).sum()),
+                         "lost": int((d & ~pr).sum()), "lost_share": int((d & ~pr).sum()) / n if n else math.nan,
+                         "new": int((~d & pr).sum()),
+                         "mean_pruned_weight_share": counts[k]["mean_pruned_share"],
+                         "mean_pruned_weight_share_all_neurons": float(share.mean()),
+                         "fully_removed": counts[k]["removed"],
+                         "mean_prob_dense": float(p_dense[..., k][d].mean()) if n else math.nan,
+                         "mean_prob_pruned": float(p_run[..., k][d].mean()) if n else math.nan})
+    out.table("lape_dense_per_layer", dense_rows)
+    out.table("lape_neurons", neuron_rows)
+    out.table("lape_runs", rows)
+    _plot_lape(out, runs, langs, dense_rows, rows, len(layers))
+    return {"langs": langs, "activation": opts.activation,
+            "dense_neurons_per_lang": {lang: int(spec[..., k].sum()) for k, lang in enumerate(langs)},
+            "runs": rows}
+
+
+def _plot_lape(out, runs, langs, dense_rows, rows, n_layers) -> None:
+    import numpy as np
+    from .common import heatmap, lang_name, plt as _plt
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(0.42 * n_layers + 4, 0.5 * len(langs) + 2.2))
+    v = np.zeros((len(langs), n_layers))
+    for r in dense_rows:
+        v[langs.index(r["lang"]), r["layer"]] = r["neurons"]
+    heatmap(ax, v, [lang_name(x) for x in langs], [str(i) for i in range(n_layers)],
+            "language-specific neurons", fmt="{:.0f}", cmap="Blues")
+    ax.set_xlabel("decoder layer")
+    ax.set_title("Language-specific FFN neurons of the dense model (LAPE, lowest-entropy 1%)")
+    out.figure(fig, "lape_dense")
+    fig, axes = plt.subplots(1, 2, figsize=(2.4 * len(langs) + 7, 0.55 * len(runs) + 2.8))
+    val = {(r["run"], r["lang"]): r for r in rows}
+    heatmap(axes[0], [[val[(r.key, lang)]["lost_share"] for lang in langs] for r in runs],
+            [r.label for r in runs], [f"{lang_name(x)} ({val[(runs[0].key, x)]['neurons']})" for x in langs],
+            "share of the language's neurons no longer specific to it", fmt="{:.2f}", cmap="Reds", vmin=0, vmax=1)
+    axes[0].set_title("Language-specific neurons lost by pruning")
+    heatmap(axes[1], [[val[(r.key, lang)]["mean_pruned_weight_share"] for lang in langs] for r in runs],
+            [r.label for r in runs], [lang_name(x) for x in langs],
+            "mean share of the neurons' weights pruned", fmt="{:.3f}", cmap="Purples")
+    axes[1].set_title("Weights pruned from language-specific neurons")
+    for a in axes:
+        a.set_xlabel("neurons of language (count)")
+    axes[0].set_ylabel("calibration")
+    fig.tight_layout()
+    out.figure(fig, "lape_runs")

@@ -61,3 +61,74 @@ def component_change(dense: torch.Tensor, pruned: torch.Tensor, Ms_dense: torch.
             "rel_delta_specific": ds / ns if ns else float("nan"),
             "rel_delta_agnostic": da / na if na else float("nan"),
             "norm_specific": ns, "norm_agnostic": na}
+
+
+# ------------------------------------------------------------------ plumbing
+def run_lsar(runs, opts, out) -> dict:
+    """Per layer: LSAR subspace of each model (dense, each run) from its per-language mean sentence
+    embeddings; how far each run moves the language-specific and language-agnostic parts of the
+    sentence embeddings, per evaluation language."""
+    from .common import resolve_eval_langs
+    from .hidden import collect
+    langs = resolve_eval_langs(opts.langs, runs, 2, "lsar")
+    res = collect(runs, langs, opts, keep_states=False)
+    n_layers = res.sent_means[(None, langs[0])].shape[1]
+
+    def subspaces(key):
+        out_ = []
+        for li in range(n_layers):
+            M = torch.stack([res.sent_means[(key, lang)][:, li].double().mean(0) for lang in langs], 1)
+            out_.append(lsar_subspace(M, opts.rank)[1])
+        return out_
+
+    dense_ms = subspaces(None)
+    rows = []
+    for ri, r in enumerate(runs):
+        run_ms = subspaces(ri)
+        for lang in langs:
+            for li in range(n_layers):
+                ch = component_change(res.sent_means[(None, lang)][:, li].double(),
+                                      res.sent_means[(ri, lang)][:, li].double(), dense_ms[li], run_ms[li])
+                rows.append({"run": r.key, "lang": lang, "layer": li, **ch})
+    out.table("lsar", rows)
+    _plot_lsar(out, runs, langs, rows, n_layers)
+    summ = {}
+    for r in runs:
+        sel = [x for x in rows if x["run"] == r.key]
+        summ[r.key] = {k: sum(x[k] for x in sel) / len(sel) for k in ("delta_specific", "delta_agnostic",
+                                                                         "rel_delta_specific", "rel_delta_agnostic")}
+    return {"langs": langs, "rank": opts.rank or len(langs) - 1, "mean_over_layers_and_langs": summ}
+
+
+def _plot_lsar(out, runs, langs, rows, n_layers) -> None:
+    from .common import heatmap, integer_xaxis, lang_name, plt as _plt
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for r in runs:
+        for a, key, name in ((axes[0], "delta_agnostic", "language-agnostic"),
+                             (axes[1], "delta_specific", "language-specific")):
+            ys = [sum(x[key] for x in rows if x["run"] == r.key and x["layer"] == li) / len(langs)
+                  for li in range(n_layers)]
+            a.plot(range(n_layers), ys, marker="o", ms=2.5, label=r.label)
+            a.set_title(f"Δ {name} component")
+    for a in axes:
+        a.set_xlabel("decoder layer")
+        a.set_ylabel("mean ‖dense − pruned‖₂ per sentence")
+        a.grid(alpha=0.3)
+        integer_xaxis(a)
+    axes[1].legend(title="calibration", fontsize=7, title_fontsize=8)
+    fig.suptitle(f"LSAR: change of sentence-embedding components by pruning (mean over "
+                 f"{', '.join(lang_name(x) for x in langs)})")
+    fig.tight_layout()
+    out.figure(fig, "lsar_layers")
+    fig, axes = plt.subplots(1, 2, figsize=(2.4 * len(langs) + 6, 0.55 * len(runs) + 2.6))
+    for a, key, name in ((axes[0], "rel_delta_agnostic", "agnostic"), (axes[1], "rel_delta_specific", "specific")):
+        vals = [[sum(x[key] for x in rows if x["run"] == r.key and x["lang"] == lang) / n_layers
+                 for lang in langs] for r in runs]
+        heatmap(a, vals, [r.label for r in runs], [lang_name(x) for x in langs],
+                f"relative Δ language-{name} (mean over layers)", fmt="{:.3f}", cmap="magma")
+        a.set_xlabel("evaluation language")
+        a.set_title(f"Δ language-{name} / dense norm")
+    axes[0].set_ylabel("calibration")
+    fig.tight_layout()
+    out.figure(fig, "lsar_summary")

@@ -1,0 +1,51 @@
+"""``polyprune analyze RUN… --what NAME``: look inside pruned models (tables + figures)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..cli import app
+
+
+@app.command()
+def analyze(
+    runs: list[Path] = typer.Argument(..., help="Run folder(s) written by `polyprune prune`."),
+    what: list[str] = typer.Option(..., "--what", "-w", help="magnitudes, mask_iou, snr, lsar, lape, "
+                                   "restoration, or all (repeat or comma-separate)."),
+    lang: Optional[list[str]] = typer.Option(None, "--lang", help="Evaluation languages (default: the runs' "
+                                             "calibration languages); repeat or comma-separate."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (required for several runs)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", envvar="POLYPRUNE_DATA_DIR",
+                                            help="Local data folder (FLORES-200)."),
+    nsentences: int = typer.Option(64, "--nsentences", help="FLORES evaluation sentences per language."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Sentences per forward pass."),
+    beta: float = typer.Option(0.3, "--beta", help="magnitudes: top/bottom fraction of features."),
+    topk: int = typer.Option(20, "--topk", help="magnitudes: top-k dimensions to list and plot."),
+    module: Optional[str] = typer.Option(None, "--module", help="magnitudes: module whose inputs are the "
+                                         "features (e.g. mlp.down_proj; default: the layer's first Linear)."),
+    rank: Optional[int] = typer.Option(None, "--rank", help="lsar: subspace rank (default: languages − 1)."),
+    activation: str = typer.Option("act", "--activation", help="lape: 'act' (activation function output, as "
+                                   "Tang et al.) or 'product' (input of the FFN output projection)."),
+    restore: str = typer.Option("first,last,first+last,each", "--restore",
+                                help="restoration: layer sets, e.g. first,last,first+last,each,3,0+5."),
+    device: Optional[str] = typer.Option("cpu", "--device", help="cpu, cuda, …"),
+    dtype: Optional[str] = typer.Option("float32", "--dtype", help="float32 (default), bfloat16, float16."),
+) -> None:
+    """Analyse pruned runs: write CSV/JSON tables and PNG/PDF figures."""
+    from ..analysis import Options, analyze as run_analyses
+    from ..errors import UserError
+    from .prune import split_langs
+    names = split_langs(what)
+    if nsentences <= 0 or batch_size <= 0:
+        raise UserError("--nsentences and --batch-size must be positive")
+    if not 0 < beta <= 0.5:
+        raise UserError(f"--beta {beta} is outside (0, 0.5]: give a fraction such as 0.3")
+    opts = Options(langs=split_langs(lang), data_dir=str(data_dir) if data_dir else None, nsentences=nsentences,
+                   batch_size=batch_size, beta=beta, topk=topk, module=module, rank=rank, activation=activation,
+                   restore=restore, device=device, dtype=dtype)
+    results = run_analyses([str(r) for r in runs], names if names != ["all"] else "all", out, opts)
+    where = out if out is not None else runs[0]
+    for name, summary in results.items():
+        typer.echo(f"{name}: written to {where} ({summary['seconds']}s)")
