@@ -58,7 +58,8 @@ def test_registry_matches_local_flores(data_dir):
     assert sorted(p.stem for p in (data_dir / "flores200" / "devtest").glob("*.txt")) == sorted(FLORES_37)
 
 
-@pytest.mark.parametrize("bad,hint", [("frnch", "fra_Latn (French)"), ("Swahilli", "swh_Latn"), ("xx", "polyprune data")])
+@pytest.mark.parametrize("bad,hint", [("frnch", "fra_Latn (French)"), ("Swahilli", "swh_Latn"),
+                                      ("xx", "polyprune data")])
 def test_unknown_language_suggests_close_matches(bad, hint):
     with pytest.raises(UserError) as e:
         get_language(bad)

@@ -13,7 +13,6 @@ translates line i of English.
 """
 from __future__ import annotations
 
-import logging
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
@@ -21,8 +20,6 @@ from typing import Iterable
 from ..errors import UserError
 from ..languages import Language, get_language
 from . import resolve_data_dir
-
-log = logging.getLogger(__name__)
 
 CALIBRATION_START = 500  # devtest lines >= this are calibration, lines < this are evaluation
 SPLITS = ("calibration", "evaluation")
