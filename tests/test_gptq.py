@@ -135,9 +135,18 @@ def test_bad_quantisation_settings():
         quant_spec(5, 128)
     with pytest.raises(UserError, match="does not divide"):
         quant_spec(4, 48, columns=64)
-    W, X = problem()
-    with pytest.raises(UserError, match="does not divide"):
-        get_method("gptq").fn(W, hessian_stats(X), Spec(0.5, options={"group_size": 48}))
+    with pytest.raises(UserError, match="group size"):
+        quant_spec(4, -5)
+
+
+def test_ragged_last_group_as_the_reference():
+    W, X = problem()  # 64 columns, groups of 48: one full group and one of 16
+    res = get_method("gptq").fn(W, hessian_stats(X), Spec(0.5, options={"group_size": 48}))
+    spec = quant_spec(4, 48, True)
+    assert res.info["scale"].shape == (16, 2)
+    assert on_grid(res.weight, res.info["scale"], res.info["zero"], spec)
+    s, _ = find_params(W[:, :48], spec)  # the first group's grid comes from the untouched weights
+    assert torch.equal(res.info["scale"][:, :1], s)
 
 
 def test_expand_groups():

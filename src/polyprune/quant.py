@@ -30,11 +30,13 @@ class QuantSpec:
         return 2 ** self.bits - 1
 
     def groups(self, columns: int) -> int:
-        return 1 if self.group_size is None else columns // self.group_size
+        return 1 if self.group_size is None else -(-columns // self.group_size)
 
 
 def quant_spec(bits: int = 4, group_size: int | None = 128, sym: bool = True, columns: int | None = None) -> QuantSpec:
-    """A validated :class:`QuantSpec`; ``group_size`` ≤ 0 or ``None`` means per output row."""
+    """A validated :class:`QuantSpec`; ``group_size`` ≤ 0 or ``None`` means per output row. With
+    ``columns``, the group size must divide it (what compressed-tensors can store); the GPTQ math
+    itself allows a shorter last group, as the reference does."""
     if isinstance(bits, bool) or int(bits) != bits or int(bits) not in SUPPORTED_BITS:
         raise UserError(f"{bits} bits are not supported: choose one of {', '.join(map(str, SUPPORTED_BITS))}")
     gs = None if group_size in (None, -1, 0) else int(group_size)

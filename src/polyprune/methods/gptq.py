@@ -30,8 +30,6 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, blocksize: 
     "zero": [out, groups]}``; ``weight`` lies exactly on the grid and is 0 where pruned."""
     W = W.float()
     rows, columns = W.shape
-    if spec.group_size is not None and columns % spec.group_size:
-        quant_spec(spec.bits, spec.group_size, spec.sym, columns)  # raises the clear error
     prune = sparsity > 0 or prunem > 0
     if prune and act_order:
         raise UserError("act_order is not available together with pruning: drop act_order or quantise "
@@ -107,8 +105,8 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, blocksize: 
     return {"weight": Q, "pruned": pruned, "scale": scale, "zero": zero}
 
 
-def _spec_from(spec: Spec, columns: int) -> QuantSpec:
-    return quant_spec(int(spec.opt("bits", 4)), spec.opt("group_size", 128), bool(spec.opt("sym", True)), columns)
+def _spec_from(spec: Spec) -> QuantSpec:
+    return quant_spec(int(spec.opt("bits", 4)), spec.opt("group_size", 128), bool(spec.opt("sym", True)))
 
 
 def _info(out: dict, q: QuantSpec, act_order: bool) -> dict:
@@ -125,7 +123,7 @@ def gptq(W: torch.Tensor, stats, spec: Spec) -> MethodResult:
     with one scale (and zero point if ``sym`` is False) per row and ``group_size`` columns
     (-1: per row); ``act_order`` visits columns by decreasing Hessian diagonal. ``sparsity`` is
     ignored. ``info`` carries scale/zero for the compressed-tensors exporter."""
-    q = _spec_from(spec, W.shape[1])
+    q = _spec_from(spec)
     act = bool(spec.opt("act_order", False))
     out = gptq_quantize(W, stats.target.H, q, int(spec.opt("blocksize", 128)), float(spec.opt("percdamp", 0.01)),
                         act_order=act, name=spec.name)
@@ -137,7 +135,7 @@ def gptq(W: torch.Tensor, stats, spec: Spec) -> MethodResult:
 def sparsegpt_gptq(W: torch.Tensor, stats, spec: Spec) -> MethodResult:
     """SparseGPT's joint pruning and quantisation: per block the SparseGPT mask (w²/d², or N:M),
     then each column is zeroed where pruned, rounded to the grid, and its error propagated."""
-    q = _spec_from(spec, W.shape[1])
+    q = _spec_from(spec)
     pat = spec.pattern
     out = gptq_quantize(W, stats.target.H, q, int(spec.opt("blocksize", 128)), float(spec.opt("percdamp", 0.01)),
                         sparsity=0.0 if pat.structured else spec.sparsity, prunen=pat.n, prunem=pat.m,

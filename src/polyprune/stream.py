@@ -1,0 +1,531 @@
+"""Prune models larger than memory: stream decoder layers one at a time from a safetensors checkpoint.
+
+The model is built on the meta device; only the tensors outside the decoder layers (embeddings,
+final norm, …) are attached, memory-mapped from the checkpoint so only the rows the calibration
+touches are read; non-persistent buffers (rotary tables) are computed by the constructors as
+usual. The ordinary engine (:func:`polyprune.prune`) then walks the layers with a ``layer_io``
+that loads layer *i* from disk before its statistics and, once its outputs have fed layer *i+1*,
+writes its (pruned or quantised) tensors to the output checkpoint, spills its masks to disk and
+frees it. Masks are therefore the ones of the in-memory path, bit for bit.
+
+Output (inside ``out``): ``model/`` (sharded safetensors + index + config + tokenizer files),
+``masks.safetensors``, ``weights.safetensors`` (kept values of weight-updating methods) and
+``info.safetensors`` (e.g. GPTQ scales), all written tensor by tensor.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import struct
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import UserError
+from .masks import sparsity_report
+
+log = logging.getLogger(__name__)
+
+ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+             "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+             "BOOL": torch.bool}
+ST_NAMES = {v: k for k, v in ST_DTYPES.items()}
+CHUNK = 16 << 20
+WEIGHT_FILE = re.compile(r".*\.(safetensors|bin|pt|pth|gguf|ckpt|h5|msgpack)$|.*\.safetensors\.index\.json$")
+
+
+# ---------------------------------------------------------------------------------------------
+# reading a checkpoint without loading it
+
+class Checkpoint:
+    """Index of a local safetensors checkpoint (one file, or shards + ``model.safetensors.index.json``):
+    ``name -> (file, dtype, shape, absolute byte range)``, from the headers only."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        index = self.folder / "model.safetensors.index.json"
+        if index.is_file():
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        elif (self.folder / "model.safetensors").is_file():
+            files = ["model.safetensors"]
+        else:
+            raise UserError(f"{self.folder} has no safetensors checkpoint: streaming needs model.safetensors "
+                            f"(or shards with an index); re-save the model with save_pretrained")
+        self.entries: dict[str, tuple[Path, str, tuple[int, ...], int, int]] = {}
+        for fname in files:
+            path = self.folder / fname
+            with open(path, "rb") as f:
+                (n,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(n))
+            base = 8 + n
+            for name, e in header.items():
+                if name == "__metadata__":
+                    continue
+                start, end = e["data_offsets"]
+                self.entries[name] = (path, e["dtype"], tuple(e["shape"]), base + start, base + end)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.entries
+
+    def keys(self) -> list[str]:
+        return list(self.entries)
+
+    def dtype(self, name: str) -> torch.dtype:
+        code = self.entries[name][1]
+        if code not in ST_DTYPES:
+            raise UserError(f"tensor {name} has dtype {code}, which streaming does not handle: convert the checkpoint")
+        return ST_DTYPES[code]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.entries[name][2]
+
+    def nbytes(self, names: Iterable[str] | None = None) -> int:
+        return sum(self.entries[n][4] - self.entries[n][3] for n in (names if names is not None else self.entries))
+
+    def mmap(self, name: str) -> torch.Tensor:
+        """A copy-on-write memory map of the tensor: pages are read only when touched."""
+        path, _, shape, start, end = self.entries[name]
+        if end == start:
+            return torch.empty(shape, dtype=self.dtype(name))
+        arr = np.memmap(path, dtype=np.uint8, mode="c", offset=start, shape=(end - start,))
+        return torch.from_numpy(arr).view(self.dtype(name)).reshape(shape)
+
+    def load(self, name: str) -> torch.Tensor:
+        """The tensor read into memory (a private copy)."""
+        path, _, shape, start, end = self.entries[name]
+        buf = bytearray(end - start)
+        with open(path, "rb") as f:
+            f.seek(start)
+            f.readinto(buf)
+        if not buf:
+            return torch.empty(shape, dtype=self.dtype(name))
+        return torch.frombuffer(buf, dtype=self.dtype(name)).reshape(shape)
+
+    def copy_bytes(self, name: str, out) -> None:
+        """Copy the tensor's raw bytes into the open file ``out`` in chunks (no memory map)."""
+        path, _, _, start, end = self.entries[name]
+        with open(path, "rb") as f:
+            f.seek(start)
+            left = end - start
+            while left:
+                chunk = f.read(min(CHUNK, left))
+                out.write(chunk)
+                left -= len(chunk)
+
+
+# ---------------------------------------------------------------------------------------------
+# writing safetensors tensor by tensor
+
+class SafetensorsWriter:
+    """Write one safetensors file tensor by tensor: data go to a side file as they come, the
+    header and data are joined on :meth:`close`; nothing is kept in memory."""
+
+    def __init__(self, path: str | Path, metadata: dict[str, str] | None = None):
+        self.path = Path(path)
+        self.metadata = dict(metadata or {})
+        self.data_path = self.path.with_name(f".{self.path.name}.data")
+        self.data = open(self.data_path, "wb")
+        self.header: dict[str, Any] = {}
+        self.offset = 0
+
+    def _entry(self, name: str, dtype: torch.dtype, shape, nbytes: int) -> None:
+        if name in self.header:
+            raise ValueError(f"duplicate tensor {name}")
+        self.header[name] = {"dtype": ST_NAMES[dtype], "shape": list(shape),
+                             "data_offsets": [self.offset, self.offset + nbytes]}
+        self.offset += nbytes
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        t = tensor.detach().contiguous().cpu()
+        raw = t.reshape(-1).view(torch.uint8).numpy() if t.numel() else np.zeros(0, np.uint8)
+        self.data.write(raw.tobytes())
+        self._entry(name, t.dtype, t.shape, raw.nbytes)
+
+    def add_from(self, name: str, ckpt: Checkpoint, source_name: str | None = None) -> None:
+        """Copy a tensor's bytes straight from a checkpoint."""
+        src = source_name or name
+        ckpt.copy_bytes(src, self.data)
+        self._entry(name, ckpt.dtype(src), ckpt.shape(src), ckpt.nbytes([src]))
+
+    @property
+    def nbytes(self) -> int:
+        return self.offset
+
+    def close(self) -> None:
+        self.data.close()
+        header = dict(sorted(self.header.items()))
+        if self.metadata:
+            header["__metadata__"] = self.metadata
+        blob = json.dumps(header, separators=(",", ":")).encode()
+        blob += b" " * (-len(blob) % 8)
+        with open(self.path, "wb") as out, open(self.data_path, "rb") as data:
+            out.write(struct.pack("<Q", len(blob)))
+            out.write(blob)
+            shutil.copyfileobj(data, out, CHUNK)
+        self.data_path.unlink()
+
+    def abort(self) -> None:
+        self.data.close()
+        self.data_path.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# the meta skeleton
+
+def _set_tensor(model: nn.Module, name: str, value: torch.Tensor) -> None:
+    mod_name, _, leaf = name.rpartition(".")
+    mod = model.get_submodule(mod_name) if mod_name else model
+    if leaf in mod._parameters:
+        mod._parameters[leaf] = nn.Parameter(value, requires_grad=False)
+    elif leaf in mod._buffers:
+        mod._buffers[leaf] = value
+    else:
+        raise KeyError(name)
+
+
+def _state_names(module: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Parameters and persistent buffers by full name (what a checkpoint holds), ties once."""
+    return {prefix + k: v for k, v in module.state_dict(keep_vars=True).items()}
+
+
+def skeleton(folder: str | Path, dtype: torch.dtype, ckpt: Checkpoint | None = None):
+    """``(model, layers path, checkpoint)``: the causal LM on the meta device with every tensor outside
+    the decoder layers attached (memory-mapped when the checkpoint already has ``dtype``)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from .model import find_layers
+    ckpt = ckpt or Checkpoint(folder)
+    config = AutoConfig.from_pretrained(folder)
+    with init_empty_weights(include_buffers=False):
+        try:
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        except ValueError as e:
+            raise UserError(f"model {folder} is not a causal LM: {str(e).splitlines()[0]}") from None
+    model.eval()
+    model.requires_grad_(False)
+    path, layers = find_layers(model)
+    layer_prefix = f"{path}."
+    attached = 0
+    for name, t in _state_names(model).items():
+        if name.startswith(layer_prefix) or t.device.type != "meta":
+            continue
+        if name not in ckpt:
+            continue  # tied (lm_head) or unused: re-tied below, checked after
+        want = dtype if t.is_floating_point() else t.dtype
+        src = ckpt.mmap(name) if ckpt.dtype(name) == want else ckpt.load(name).to(want)
+        if tuple(src.shape) != tuple(t.shape):
+            raise UserError(f"checkpoint tensor {name} has shape {tuple(src.shape)}, the model expects "
+                            f"{tuple(t.shape)}: config.json does not match the weights")
+        _set_tensor(model, name, src)
+        attached += 1
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    missing = [n for n, t in _state_names(model).items() if not n.startswith(layer_prefix) and t.device.type == "meta"]
+    if missing:
+        log.info("not in the checkpoint, left unloaded (unused while pruning): %s", ", ".join(missing))
+    layer_keys = [k for k in ckpt.keys() if k.startswith(layer_prefix)]
+    if not layer_keys:
+        raise UserError(f"the checkpoint in {folder} has no tensors under {path}: its tensor names differ from "
+                        f"the model's; re-save it with save_pretrained")
+    return model, path, ckpt
+
+
+# ---------------------------------------------------------------------------------------------
+# the layer I/O used by the engine
+
+class LayerStreamer:
+    """``layer_io`` for :func:`polyprune.prune`: load layer i from the checkpoint, and afterwards
+    write its tensors (in the checkpoint's dtype) to ``model/``, its masks / kept values / method
+    info to their files, then free it."""
+
+    def __init__(self, model: nn.Module, path: str, ckpt: Checkpoint, out: Path, dtype: torch.dtype,
+                 n_layers: int, mask_metadata: dict[str, str] | None = None):
+        from .formats import INFO_FORMAT
+        self.model, self.path, self.ckpt, self.out, self.dtype = model, path, ckpt, Path(out), dtype
+        self.model_dir = self.out / "model"
+        self.model_dir.mkdir(parents=True, exist_ok=True)
+        self.n_shards = n_layers + 1
+        self.weight_map: dict[str, str] = {}
+        self.total_size = 0
+        self.masks = SafetensorsWriter(self.out / "masks.safetensors", {"format": "polyprune-masks",
+                                                                        "convention": "True=kept",
+                                                                        **(mask_metadata or {})})
+        self.kept = SafetensorsWriter(self.out / "weights.safetensors", {"format": "polyprune-kept-values"})
+        self.info = SafetensorsWriter(self.out / "info.safetensors", {"format": INFO_FORMAT})
+        self.info_scalars: dict[str, dict] = {}
+        self.counts: dict[str, tuple[int, int]] = {}  # matrix -> (pruned, total)
+        self.load_s = self.write_s = 0.0
+
+    def shard_name(self, k: int) -> str:
+        return f"model-{k:05d}-of-{self.n_shards:05d}.safetensors"
+
+    def write_outside(self) -> None:
+        """Copy every tensor outside the decoder layers byte for byte (shard 1)."""
+        prefix = f"{self.path}."
+        names = [k for k in self.ckpt.keys() if not k.startswith(prefix)]
+        shard = self.shard_name(1)
+        w = SafetensorsWriter(self.model_dir / shard, {"format": "pt"})
+        try:
+            for n in names:
+                w.add_from(n, self.ckpt)
+                self.weight_map[n] = shard
+        except BaseException:
+            w.abort()
+            raise
+        w.close()
+        self.total_size += w.nbytes
+
+    def _layer_keys(self, i: int) -> list[str]:
+        prefix = f"{self.path}.{i}."
+        return [k for k in self.ckpt.keys() if k.startswith(prefix)]
+
+    def load(self, i: int, layer: nn.Module) -> None:
+        t0 = time.perf_counter()
+        names = _state_names(layer, f"{self.path}.{i}.")
+        for name, t in names.items():
+            if name not in self.ckpt:
+                if t.device.type == "meta":
+                    raise UserError(f"checkpoint has no tensor {name}: its tensor names differ from the model's; "
+                                    f"re-save it with save_pretrained")
+                continue
+            want = self.dtype if t.is_floating_point() else t.dtype
+            value = self.ckpt.load(name)
+            if tuple(value.shape) != tuple(t.shape):
+                raise UserError(f"checkpoint tensor {name} has shape {tuple(value.shape)}, the model expects "
+                                f"{tuple(t.shape)}: config.json does not match the weights")
+            _set_tensor(self.model, name, value if value.dtype == want else value.to(want))
+        self.load_s += time.perf_counter() - t0
+
+    def release(self, i: int, layer: nn.Module, masks) -> None:
+        t0 = time.perf_counter()
+        prefix = f"{self.path}.{i}."
+        state = _state_names(layer, prefix)
+        shard = self.shard_name(i + 2)
+        from safetensors.torch import save_file
+        tensors = {}
+        for k in self._layer_keys(i):
+            if k not in state:
+                raise UserError(f"checkpoint tensor {k} is not a tensor of the model: re-save it with save_pretrained")
+            tensors[k] = state[k].detach().to(self.ckpt.dtype(k)).contiguous()
+            self.weight_map[k] = shard
+        save_file(tensors, str(self.model_dir / shard), metadata={"format": "pt"})
+        self.total_size += sum(t.numel() * t.element_size() for t in tensors.values())
+        del tensors
+        from .formats import info_items
+        for name in [n for n in masks if n.startswith(prefix)]:
+            m = masks.pop(name)
+            self.masks.add(name, m.to(torch.bool))
+            self.counts[name] = (int((~m).sum()), m.numel())
+            w = masks.weights.pop(name, None)
+            if w is not None:
+                self.kept.add(name, w[m].contiguous())
+            inf = masks.info.pop(name, None) if hasattr(masks, "info") else None
+            if inf:
+                ts, sc = info_items(name, inf)
+                for key, t in ts.items():
+                    self.info.add(key, t)
+                self.info_scalars[name] = sc
+        for name, t in state.items():  # free: back to meta
+            if t.device.type != "meta" and name in self.ckpt:
+                _set_tensor(self.model, name, torch.empty(t.shape, dtype=t.dtype, device="meta"))
+        self.write_s += time.perf_counter() - t0
+
+    def finish(self, source: Path) -> dict:
+        """Close the files; write the index and copy config / tokenizer files. Returns the
+        sparsity accounting (as :func:`polyprune.masks.sparsity_report`)."""
+        self.masks.close()
+        for w, name in ((self.kept, "weights.safetensors"), (self.info, "info.safetensors")):
+            if w.header:
+                if w is self.info:
+                    w.metadata["scalars"] = json.dumps(self.info_scalars)
+                w.close()
+            else:
+                w.abort()
+        index = {"metadata": {"total_size": self.total_size}, "weight_map": dict(sorted(self.weight_map.items()))}
+        (self.model_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        for f in sorted(Path(source).iterdir()):
+            if f.is_file() and not WEIGHT_FILE.match(f.name) and not f.name.startswith("."):
+                shutil.copy2(f, self.model_dir / f.name)
+        total = sum(t for _, t in self.counts.values())
+        pruned = sum(p for p, _ in self.counts.values())
+        return {"overall": pruned / total if total else 0.0, "pruned": pruned, "total": total,
+                "per_matrix": {k: p / t for k, (p, t) in self.counts.items()}}
+
+    def abort(self) -> None:
+        for w in (self.masks, self.kept, self.info):
+            w.abort()
+
+
+# ---------------------------------------------------------------------------------------------
+# checks and entry points
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "mib": 1 << 20,
+          "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tb": 1 << 40, "tib": 1 << 40}
+
+
+def parse_size(text: str | int | None) -> int | None:
+    """``"4GB"``, ``"512MiB"``, ``1024`` → bytes (binary units)."""
+    if text is None or text == "":
+        return None
+    if isinstance(text, (int, float)):
+        return int(text)
+    m = re.fullmatch(r"\s*([\d.]+)\s*([a-zA-Z]*)\s*", str(text))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise UserError(f"memory size {text!r} is not understood: write e.g. 4GB or 512MB")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def local_checkpoint(model: str) -> Path:
+    from .model import resolve_model_path
+    p = Path(resolve_model_path(model))
+    if not p.is_dir():
+        try:
+            from huggingface_hub import snapshot_download
+            p = Path(snapshot_download(model, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+        except Exception as e:  # noqa: BLE001 — any hub failure is bad input here
+            raise UserError(f"cannot stream {model!r}: no local checkpoint ({str(e).splitlines()[0]}); "
+                            f"give a local model folder") from None
+    return p
+
+
+def estimated_bytes(ckpt: Checkpoint, dtype: torch.dtype) -> int:
+    """Bytes the whole model would take in memory in ``dtype``."""
+    item = torch.empty(0, dtype=dtype).element_size()
+    total = 0
+    for name, (_, code, shape, start, end) in ckpt.entries.items():
+        n = int(np.prod(shape)) if shape else 1
+        total += n * (item if ST_DTYPES.get(code, torch.float32).is_floating_point else ST_DTYPES[code].itemsize)
+    return total
+
+
+def check_target(out: Path, need: int) -> None:
+    """The output folder's parent must be writable and have ``need`` bytes free."""
+    import tempfile
+    probe = Path(out).absolute().parent
+    try:
+        probe.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".polyprune-probe-", dir=str(probe))
+        os.close(fd)
+        os.unlink(name)
+    except OSError as e:
+        raise UserError(f"cannot write to {probe} ({e.strerror or e}): choose a writable --out") from None
+    free = shutil.disk_usage(probe).free
+    if free < need:
+        raise UserError(f"not enough disk space at {probe}: the streamed checkpoint needs about "
+                        f"{need / 2**30:.2f} GiB, {free / 2**30:.2f} GiB are free; free space or choose another --out")
+
+
+def needed_bytes(ckpt: Checkpoint, prunable: int, updates_weights: bool) -> int:
+    """Disk for model/ + masks + kept values, with room for the writers' side files."""
+    return int(ckpt.nbytes() + 2 * prunable * (1 + (4 if updates_weights else 0)) + (64 << 20))
+
+
+def stream_prune(model_dir: str | Path, calibration: Any, out: str | Path, method: str = "wanda",
+                 sparsity: float | None = 0.5, pattern: str = "unstructured", *, dtype: str | torch.dtype | None = None,
+                 activation_dtype: str | torch.dtype | None = None, check_space: bool = True, **prune_options) -> dict:
+    """Prune the safetensors checkpoint in ``model_dir`` layer by layer into the folder ``out`` (created;
+    normally a staged temp folder): ``model/``, ``masks.safetensors``, ``weights.safetensors``,
+    ``info.safetensors``. ``prune_options`` go to :func:`polyprune.prune` (seed, sequential,
+    keep_dense_layers, method options …). Returns the run record (as ``masks.record``)."""
+    from .methods import get_method
+    from .model import prunable_weights, resolve_dtype
+    from .prune import prune
+    if prune_options.get("allocation") not in (None, "", "uniform"):
+        raise UserError("layer-wise sparsity allocation needs the whole model in memory: drop --allocation "
+                        "or --offload, or give layer_sparsity explicitly")
+    meth = get_method(method)
+    dt = resolve_dtype(dtype, torch.device("cpu"))
+    act = resolve_dtype(activation_dtype, torch.device("cpu")) if activation_dtype else None
+    out = Path(out)
+    ckpt = Checkpoint(model_dir)
+    model, path, ckpt = skeleton(model_dir, dt, ckpt)
+    prunable = sum(m.weight.numel() for m in prunable_weights(model).values())
+    if check_space:
+        check_target(out / "x", needed_bytes(ckpt, prunable, meth.updates_weights))
+    from .model import find_layers
+    n_layers = len(find_layers(model)[1])
+    io = LayerStreamer(model, path, ckpt, out, dt, n_layers,
+                       {"method": method, "model": str(model_dir), "pattern": str(pattern), "sparsity": str(sparsity)})
+    try:
+        io.write_outside()
+        masks = prune(model, calibration, method, sparsity, pattern, layer_io=io, activation_dtype=act,
+                      **prune_options)
+        rep = io.finish(Path(model_dir))
+    except BaseException:
+        io.abort()
+        raise
+    rec = masks.record
+    rec.update({"achieved_sparsity": rep["overall"], "per_matrix": rep["per_matrix"], "pruned_weights": rep["pruned"],
+                "prunable_weights": rep["total"]})
+    rec["streaming"] = {"activation_dtype": str(act or dt).replace("torch.", ""), "layer_load_s": io.load_s,
+                        "layer_write_s": io.write_s, "checkpoint_bytes": ckpt.nbytes(),
+                        "model_bytes_in_memory_dtype": estimated_bytes(ckpt, dt)}
+    if masks.permutations:
+        from safetensors.torch import save_file
+        save_file({k: v.contiguous() for k, v in masks.permutations.items()}, str(out / "permutations.safetensors"))
+    return rec
+
+
+def should_stream(offload: bool, max_memory: str | int | None, model: str, dtype: str | None) -> bool:
+    """Stream when asked, or when the model would not fit ``max_memory`` in its compute dtype."""
+    if offload:
+        return True
+    limit = parse_size(max_memory)
+    if limit is None:
+        return False
+    from .model import resolve_dtype
+    need = estimated_bytes(Checkpoint(local_checkpoint(model)), resolve_dtype(dtype, torch.device("cpu")))
+    if need > limit:
+        log.info("model needs %.2f GiB > --max-memory %.2f GiB: streaming layers from disk", need / 2**30, limit / 2**30)
+        return True
+    return False
+
+
+def run_prune_streaming(cfg, out: str | Path, force: bool = False) -> Path:
+    """:func:`polyprune.pipeline.run_prune` without materialising the model: a run folder with the
+    usual files plus the pruned checkpoint in ``model/``."""
+    import yaml
+    from transformers import AutoTokenizer
+    from .pipeline import calibration_from_config
+    from .run import staged_dir, versions, write_json
+    out = Path(out)
+    if cfg.device not in (None, "auto", "cpu"):
+        raise UserError("streaming (--offload / --max-memory) runs on the CPU: drop --device")
+    src = local_checkpoint(cfg.model)
+    Checkpoint(src)  # bad input before anything is written
+    check_target(out, 0)
+    with staged_dir(out, force) as tmp:
+        try:
+            tok = AutoTokenizer.from_pretrained(src)
+        except (OSError, ValueError, TypeError) as e:
+            log.warning("no tokenizer for %s (%s)", cfg.model, str(e).splitlines()[0])
+            tok = None
+        cal = calibration_from_config(cfg.calibration, tok, cfg.seed, cfg.method)
+        rec = stream_prune(src, cal, tmp, cfg.method, cfg.sparsity, cfg.pattern, dtype=cfg.dtype,
+                           activation_dtype=getattr(cfg, "activation_dtype", None), seed=cfg.seed,
+                           sequential=cfg.sequential, count_pads=cfg.count_pads,
+                           keep_dense_layers=cfg.keep_dense_layers or None, keep_stats=False,
+                           allocation=cfg.allocation, refine=getattr(cfg, "refine", None),
+                           refine_options=getattr(cfg, "refine_options", None), **cfg.method_options)
+        data = cfg.model_dump(mode="json")
+        data["versions"] = versions()
+        (tmp / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+        if cal is not None:
+            cal.write_jsonl(tmp / "calibration.jsonl", tok)
+        if tok is not None:
+            tok.save_pretrained(tmp / "model")
+        rec["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        write_json(tmp / "record.json", rec)
+    log.info("streamed run written to %s (achieved sparsity %.4f)", out, rec["achieved_sparsity"])
+    return out
+
+
+__all__ = ["Checkpoint", "LayerStreamer", "SafetensorsWriter", "parse_size", "run_prune_streaming", "should_stream",
+           "skeleton", "stream_prune", "sparsity_report"]
