@@ -48,6 +48,8 @@ class RunConfig(Strict):
     keep_dense_layers: list[int] = Field(default_factory=list)
     allocation: str | None = None
     allocation_options: dict[str, Any] = Field(default_factory=dict)
+    refine: str | None = None  # mask refinement after the method, e.g. "dsnot"
+    refine_options: dict[str, Any] = Field(default_factory=dict)
     method_options: dict[str, Any] = Field(default_factory=dict)
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     keep_stats: bool | list[str] = False

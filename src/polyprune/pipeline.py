@@ -13,10 +13,12 @@ from .run import staged_dir, write_run
 log = logging.getLogger(__name__)
 
 
-def calibration_from_config(cc: CalibrationConfig, tokenizer, seed: int, method: str) -> Calibration | None:
-    """Build the calibration a run asks for (``None`` for data-free methods)."""
+def calibration_from_config(cc: CalibrationConfig, tokenizer, seed: int, method: str,
+                            needs_data: bool = False) -> Calibration | None:
+    """Build the calibration a run asks for (``None`` for data-free methods unless ``needs_data``,
+    e.g. a data-driven allocation)."""
     meth = get_method(method)
-    if not meth.needs:
+    if not meth.needs and not needs_data:
         if cc.contrast or cc.contrast_lang:
             raise UserError(f"a contrast set was given but method {method!r} does not use one: "
                             f"use --method wanda-contrastive or drop --contrast")
@@ -60,12 +62,13 @@ def run_prune(cfg: RunConfig, out: str | Path, force: bool = False) -> Path:
     get_method(cfg.method)  # fail fast on bad input, before loading anything
     with staged_dir(out, force) as tmp:
         model, tok = load_model(cfg.model, cfg.dtype, cfg.device)
-        cal = calibration_from_config(cfg.calibration, tok, cfg.seed, cfg.method)
+        cal = calibration_from_config(cfg.calibration, tok, cfg.seed, cfg.method,
+                                      needs_data=cfg.allocation not in (None, "", "uniform"))
         masks = prune(model, cal, cfg.method, cfg.sparsity, cfg.pattern, seed=cfg.seed,
                       sequential=cfg.sequential, count_pads=cfg.count_pads,
                       keep_dense_layers=cfg.keep_dense_layers or None, keep_stats=cfg.keep_stats,
                       allocation=cfg.allocation, allocation_options=cfg.allocation_options,
-                      **cfg.method_options)
+                      refine=cfg.refine, refine_options=cfg.refine_options, **cfg.method_options)
         write_run(tmp, cfg, masks, cal, tok, model)
     log.info("run written to %s (achieved sparsity %.4f)", out, masks.record["achieved_sparsity"])
     return out

@@ -11,8 +11,8 @@ from torch import nn
 from .calibration import Calibration, as_calibration
 from .collect import walk
 from .errors import UserError
-from .masks import check_sparsity, parse_pattern, sparsity_report, to_stored, weight_matrix
-from .methods import Spec, check_options, get_method
+from .masks import Pattern, check_sparsity, parse_pattern, sparsity_report, to_stored, weight_matrix
+from .methods import Spec, check_options, get_method, get_refiner
 from .model import find_layers, prunable_modules
 from .progress import Timer, peak_memory
 
@@ -28,6 +28,7 @@ class Masks(dict):
         self.weights: dict[str, torch.Tensor] = {}
         self.stats: dict[str, Any] = {}
         self.record: dict[str, Any] = {}
+        self.permutations: dict[str, torch.Tensor] = {}  # input-channel permutations (e.g. RIA N:M)
 
 
 def normalise_layer_list(keep: Sequence[int] | str | None, n_layers: int) -> set[int]:
@@ -48,7 +49,8 @@ def prune(model: nn.Module, calibration: Any = None, method: str = "wanda", spar
           pattern: str = "unstructured", *, seed: int = 0, sequential: bool = True, count_pads: bool = False,
           keep_dense_layers: Sequence[int] | str | None = None, layer_sparsity: Sequence[float] | None = None,
           keep_stats: Sequence[str] | bool = False, allocation: str | None = None,
-          allocation_options: dict | None = None, **method_options) -> Masks:
+          allocation_options: dict | None = None, refine: str | None = None, refine_options: dict | None = None,
+          **method_options) -> Masks:
     """Prune ``model`` in place, layer by layer, and return its masks.
 
     ``calibration``: LongTensor [n, L], list of dicts {input_ids, attention_mask}, or a Calibration
@@ -58,7 +60,8 @@ def prune(model: nn.Module, calibration: Any = None, method: str = "wanda", spar
     (the references' behaviour). ``keep_dense_layers``: decoder layers left unpruned.
     ``layer_sparsity``: one target per decoder layer (overrides ``sparsity``). ``allocation``: a
     registered layer-wise sparsity allocation (e.g. ``owl``). ``keep_stats``: True or a list of
-    statistics kinds to keep (returned in ``masks.stats``)."""
+    statistics kinds to keep (returned in ``masks.stats``). ``refine``: a registered mask refinement
+    applied to every matrix after the method (e.g. ``dsnot``), with ``refine_options``."""
     t_start = time.perf_counter()
     meth = get_method(method)
     check_options(meth, method_options)
@@ -73,7 +76,20 @@ def prune(model: nn.Module, calibration: Any = None, method: str = "wanda", spar
     extra = set()
     if keep_stats:
         extra = {"sqnorm"} if keep_stats is True else set(keep_stats)
-    kinds = frozenset(set(meth.needs) | extra)
+    ref = None
+    if refine:
+        ref = get_refiner(refine)
+        bad = sorted(set(refine_options or {}) - set(ref.options))
+        if bad:
+            raise UserError(f"refinement {refine!r} has no option {bad[0]!r}: valid options are "
+                            f"{', '.join(sorted(ref.options)) or 'none'}")
+        if not meth.needs:
+            raise UserError(f"refinement {refine!r} needs input statistics but method {method!r} uses none: "
+                            f"refine a calibrated method (e.g. --method wanda)")
+        if meth.updates_weights:
+            raise UserError(f"refinement {refine!r} swaps weights of the original matrix but method {method!r} "
+                            f"updates weights: refine a mask-only method (e.g. --method wanda)")
+    kinds = frozenset(set(meth.needs) | extra | (set(ref.needs) if ref else set()))
     cal: Calibration | None = None
     if kinds:
         if calibration is None:
@@ -90,9 +106,14 @@ def prune(model: nn.Module, calibration: Any = None, method: str = "wanda", spar
     elif calibration is not None:
         log.info("method %s uses no calibration data; the calibration is ignored", method)
 
+    if cal is None and calibration is not None and allocation not in (None, "", "uniform"):
+        cal = as_calibration(calibration)  # data-driven allocations (e.g. owl) with a data-free method
     timer = Timer()
     targets = _layer_targets(model, cal, sparsity, pat, layer_sparsity, allocation, allocation_options,
                              n_layers, count_pads, timer)
+    layer_pats = [pat] * n_layers
+    if pat.structured and layer_sparsity is None and allocation not in (None, "", "uniform"):
+        layer_pats = [Pattern(int(round(t * pat.m)), pat.m) for t in targets]  # N varies per layer
     masks = Masks()
     sets = tuple(meth.sets) if (meth.sets and not extra) else None
     device = next(model.parameters()).device
@@ -110,8 +131,15 @@ def prune(model: nn.Module, calibration: Any = None, method: str = "wanda", spar
                     _check_finite(st, full)
                 if extra:
                     masks.stats[full] = {k: v.tensors() for k, v in st.items()}
-            spec = Spec(targets[i], pat, {**method_options}, full, seed)
+            spec = Spec(targets[i], layer_pats[i], {**method_options}, full, seed)
             res = meth.fn(W, st, spec)
+            if ref is not None:
+                info = res.info
+                res = ref.fn(W, st, Spec(targets[i], layer_pats[i], {**(refine_options or {})}, full, seed),
+                             res.kept.to(torch.bool))
+                res.info = {**info, **res.info}
+            if "permutation" in res.info:
+                masks.permutations[full] = torch.as_tensor(res.info["permutation"], dtype=torch.long).cpu()
             kept = res.kept.to(torch.bool)
             with torch.no_grad():
                 new = res.weight if res.weight is not None else W * kept
@@ -128,6 +156,8 @@ def prune(model: nn.Module, calibration: Any = None, method: str = "wanda", spar
         "method": method, "sparsity_target": sparsity, "pattern": str(pat), "achieved_sparsity": rep["overall"],
         "per_matrix": rep["per_matrix"], "pruned_weights": rep["pruned"], "prunable_weights": rep["total"],
         "layer_sparsity": targets, "keep_dense_layers": sorted(keep),
+        "refine": refine, "refine_options": dict(refine_options or {}),
+        "layer_patterns": [str(p) for p in layer_pats] if pat.structured else None,
         "timings_s": {**timer.phases, "total": time.perf_counter() - t_start},
         "memory": peak_memory(),
         "calibration": None if cal is None else {

@@ -2,7 +2,8 @@
 
 Layout: ``config.yaml`` · ``masks.safetensors`` · ``weights.safetensors`` (kept values of
 weight-updating methods, e.g. SparseGPT) · ``record.json`` · ``calibration.jsonl`` ·
-``stats.safetensors`` (with keep_stats) · ``model/`` (with save_model) · ``results/`` · ``figures/``.
+``stats.safetensors`` (with keep_stats) · ``permutations.safetensors`` (input-channel order per
+matrix under which an N:M mask holds, e.g. RIA's channel permutation) · ``model/`` (with save_model) · ``results/`` · ``figures/``.
 """
 from __future__ import annotations
 
@@ -91,6 +92,10 @@ def write_run(folder: Path, cfg: RunConfig, masks, calibration=None, tokenizer=N
     if weights:  # only the kept values: W[mask] in row-major order
         save_file({k: v[masks[k]].contiguous() for k, v in sorted(weights.items())},
                   str(folder / "weights.safetensors"), metadata={"format": "polyprune-kept-values"})
+    perms = getattr(masks, "permutations", {}) or {}
+    if perms:  # mask[:, perm] is N:M; apply x[..., perm] with W[:, perm] at inference
+        save_file({k: v.to(torch.long).contiguous() for k, v in sorted(perms.items())},
+                  str(folder / "permutations.safetensors"), metadata={"format": "polyprune-input-permutations"})
     stats = getattr(masks, "stats", {}) or {}
     if stats:
         flat = {f"{p}::{s}::{k}": t.contiguous() for p, per in stats.items() for s, d in per.items()

@@ -56,6 +56,9 @@ def prune(
     count_pads: bool = typer.Option(False, "--count-pads", help="Let pad tokens into statistics (as the references)."),
     allocation: Optional[str] = typer.Option(None, help="Layer-wise sparsity allocation, e.g. owl."),
     option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="Method option key=value (repeatable)."),
+    allocation_option: Optional[list[str]] = typer.Option(None, "--allocation-option", help="Allocation option key=value (repeatable)."),
+    refine: Optional[str] = typer.Option(None, "--refine", help="Mask refinement after the method, e.g. dsnot."),
+    refine_option: Optional[list[str]] = typer.Option(None, "--refine-option", help="Refinement option key=value (repeatable)."),
     keep_stats: bool = typer.Option(False, "--keep-stats", help="Keep input statistics (for analyses)."),
     save_model: bool = typer.Option(False, "--save-model", help="Also save the pruned model (save_pretrained)."),
     out: Path = typer.Option(..., "--out", help="Run folder to create."),
@@ -69,6 +72,8 @@ def prune(
         "pattern": pattern, "seed": seed, "sequential": not non_sequential, "count_pads": count_pads,
         "keep_dense_layers": [int(x) for x in keep_dense_layers.split(",")] if keep_dense_layers else [],
         "allocation": allocation, "method_options": parse_options(option or []),
+        "allocation_options": parse_options(allocation_option or []),
+        "refine": refine, "refine_options": parse_options(refine_option or []),
         "keep_stats": keep_stats, "save_model": save_model,
         "calibration": {"recipe": calibration, "file": str(calibration_file) if calibration_file else None,
                         "langs": split_langs(lang), "target_lang": target_lang, "nsamples": nsamples,
@@ -90,6 +95,15 @@ def _validate_early(cfg) -> None:
     check_options(meth, cfg.method_options)
     if not parse_pattern(cfg.pattern).structured:
         check_sparsity(cfg.sparsity)
+    if cfg.refine:
+        from ..methods import get_refiner
+        get_refiner(cfg.refine)
+        if not meth.needs:
+            raise UserError(f"refinement {cfg.refine!r} needs input statistics but method {cfg.method!r} uses "
+                            f"none: refine a calibrated method (e.g. --method wanda)")
+    if cfg.allocation not in (None, "", "uniform"):
+        from ..allocation import get_allocation
+        get_allocation(cfg.allocation)
 
 
 @app.command()

@@ -76,6 +76,35 @@ def check_options(method: Method, options: dict[str, Any]) -> None:
         raise UserError(f"method {method.name!r} has no option {unknown[0]!r}: valid options are {valid}")
 
 
+@dataclass
+class Refiner:
+    """A mask refinement applied after any method's initial mask: ``fn(W, stats, spec, kept) -> MethodResult``."""
+
+    name: str
+    fn: Callable[..., MethodResult]
+    needs: frozenset = frozenset()
+    options: dict[str, Any] = field(default_factory=dict)
+    doc: str = ""
+
+
+REFINERS: dict[str, Refiner] = {}
+
+
+def register_refiner(name: str, needs=(), options=None):
+    """Decorator: register a mask refinement (e.g. DSnoT) under ``name``."""
+    def deco(fn):
+        REFINERS[name] = Refiner(name, fn, frozenset(needs), dict(options or {}), (fn.__doc__ or "").strip())
+        return fn
+    return deco
+
+
+def get_refiner(name: str) -> Refiner:
+    _load_builtin()
+    if name not in REFINERS:
+        raise UserError(f"unknown refinement {name!r}: choose one of {', '.join(sorted(REFINERS)) or 'none'}")
+    return REFINERS[name]
+
+
 _LOADED = False
 
 
@@ -90,4 +119,5 @@ def _load_builtin() -> None:
         importlib.import_module(f"{__name__}.{mod.name}")
 
 
-__all__ = ["METHODS", "Method", "MethodResult", "Spec", "check_options", "get_method", "register"]
+__all__ = ["METHODS", "Method", "MethodResult", "REFINERS", "Refiner", "Spec", "check_options", "get_method",
+           "get_refiner", "register", "register_refiner"]
