@@ -7,7 +7,8 @@
   al. (2012) and Søgaard et al. (2014): B subsamples of ``sample_frac``·n examples without
   replacement; p = #{δ_s > 2δ} / B, with δ oriented towards the observed winner (boostsa
   orients it towards h1; here a δ < 0 simply swaps roles, so p answers "is the winner better").
-* :func:`bleu_bootstrap` — sacrebleu's paired bootstrap resampling (Koehn 2004).
+* :func:`bleu_bootstrap` — sacrebleu's paired bootstrap resampling (Koehn 2004); identical
+  hypotheses give p = 1 (sacrebleu's statistic degenerates there).
 
 ``compare(result_a, result_b)`` applies the right test per language to two result dicts
 (``results/<task>.json``); ``significant`` is p < :data:`ALPHA` (0.1, as Kim et al.).
@@ -92,7 +93,9 @@ def bleu_bootstrap(hyps_a: Sequence[str], hyps_b: Sequence[str], refs: Sequence[
                           references=[list(refs)], test_type="bs", n_samples=n_resamples)
         sigs, res = test()
     base, sys_ = res["BLEU"][0], res["BLEU"][1]
-    return {"delta": float(sys_.score - base.score), "p_value": float(sys_.p_value), "resamples": n_resamples,
+    # identical outputs: sacrebleu's statistic degenerates to p = 1/(B+1); there is no difference at all
+    p = 1.0 if list(hyps_a) == list(hyps_b) else float(sys_.p_value)
+    return {"delta": float(sys_.score - base.score), "p_value": p, "resamples": n_resamples,
             "seed": seed, "test": "sacrebleu paired bootstrap (Koehn 2004)", "signature": str(sigs["BLEU"])}
 
 
