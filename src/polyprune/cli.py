@@ -31,6 +31,13 @@ def main() -> None:
     """Entry point: bad input → one line on stderr, exit 2."""
     from . import commands  # noqa: F401  (registers sub-commands)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:  # our own progress bars only: transformers' loading bars would bury one-line errors
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
     try:
         app()
     except UserError as e:

@@ -5,6 +5,7 @@ parameter name (``model.layers.0.self_attn.q_proj.weight``).
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -154,8 +155,11 @@ def save_masks(masks: dict[str, torch.Tensor], path: str | Path, metadata: dict[
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = atomic_path(path)
     try:
+        # one metadata key: safetensors writes a multi-key metadata map in arbitrary order
+        meta = json.dumps({"format": "polyprune-masks", "convention": "True=kept", **(metadata or {})},
+                          sort_keys=True)
         save_file({k: v.to(torch.bool).contiguous().cpu() for k, v in sorted(masks.items())}, str(tmp),
-                  metadata={"format": "polyprune-masks", "convention": "True=kept", **(metadata or {})})
+                  metadata={"polyprune": meta})
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -59,10 +59,13 @@ def load_model(name: str, dtype: str | torch.dtype | None = None, device: str | 
         config = AutoConfig.from_pretrained(path)
     except OSError as e:
         raise UserError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from None
+    if type(config) not in AutoModelForCausalLM._model_mapping:
+        raise UserError(f"model {name!r} ({getattr(config, 'model_type', type(config).__name__)}) is not a causal "
+                        f"LM: give a decoder model that AutoModelForCausalLM can load")
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dt)
-    except ValueError as e:
-        raise UserError(f"model {name!r} ({type(config).__name__}) is not a causal LM: {str(e).splitlines()[0]}") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from None
     model.to(dev).eval()
     model.requires_grad_(False)
     try:
