@@ -256,7 +256,8 @@ class Options:
     unique_k: tuple[int, ...] = (20, 50, 100)
     module: str | None = None  # feature magnitudes: relative module name, default the layer's first Linear
     rank: int | None = None  # LSAR rank, default #langs - 1
-    activation: str = "act"  # LAPE: "act" (act_fn output, Tang et al.) or "product" (FFN down-proj input)
+    activation: str = "product"  # LAPE: "product" (FFN output-projection input: the gated product in GLU
+    # blocks, the activation output otherwise) or "act" (the activation function output, as Tang et al.'s code)
     top_rate: float = 0.01
     filter_rate: float = 0.95
     restore: str = "first,last,first+last,each"

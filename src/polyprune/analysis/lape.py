@@ -1,7 +1,10 @@
 """Language-specific FFN neurons by Language Activation Probability Entropy (Tang et al. 2024),
 as used by Kurz et al. 2025 (Sec. 5.3, App. D.4).
 
-p[l, j, k]: probability that FFN neuron j of layer l is active (> 0) on tokens of language k.
+p[l, j, k]: probability that FFN neuron j of layer l is active (> 0) on tokens of language k —
+by default its value at the input of the FFN output projection (the gated product act(gate)·up
+in GLU blocks, the activation output otherwise); ``activation="act"`` counts the activation
+function's output instead, as Tang et al.'s code does (act(gate) > 0 in GLU blocks).
 Normalised over languages, its entropy is LAPE (low = language-specific). Selection follows the
 reference code: a neuron is a candidate only if some language's probability exceeds the 95th
 percentile of all probabilities; the lowest-entropy 1 % of all neurons (over all layers) are
@@ -154,13 +157,13 @@ def run_lape(runs, opts, out) -> dict:
     out.table("lape_dense_per_layer", dense_rows)
     out.table("lape_neurons", neuron_rows)
     out.table("lape_runs", rows)
-    _plot_lape(out, runs, langs, dense_rows, rows, len(layers))
+    _plot_lape(out, runs, langs, dense_rows, rows, len(layers), opts)
     return {"langs": langs, "activation": opts.activation,
             "dense_neurons_per_lang": {lang: int(spec[..., k].sum()) for k, lang in enumerate(langs)},
             "runs": rows}
 
 
-def _plot_lape(out, runs, langs, dense_rows, rows, n_layers) -> None:
+def _plot_lape(out, runs, langs, dense_rows, rows, n_layers, opts) -> None:
     import numpy as np
     from .common import heatmap, lang_name, plt as _plt
     plt = _plt()
@@ -171,7 +174,8 @@ def _plot_lape(out, runs, langs, dense_rows, rows, n_layers) -> None:
     heatmap(ax, v, [lang_name(x) for x in langs], [str(i) for i in range(n_layers)],
             "language-specific neurons", fmt="{:.0f}", cmap="Blues")
     ax.set_xlabel("decoder layer")
-    ax.set_title("Language-specific FFN neurons of the dense model (LAPE, lowest-entropy 1%)")
+    ax.set_title(f"Language-specific FFN neurons of the dense model (LAPE, lowest-entropy "
+                 f"{100 * opts.top_rate:g}%, activation: {opts.activation})")
     out.figure(fig, "lape_dense")
     fig, axes = plt.subplots(1, 2, figsize=(2.4 * len(langs) + 7, 0.55 * len(runs) + 2.8))
     val = {(r["run"], r["lang"]): r for r in rows}

@@ -26,8 +26,9 @@ def analyze(
     module: Optional[str] = typer.Option(None, "--module", help="magnitudes: module whose inputs are the "
                                          "features (e.g. mlp.down_proj; default: the layer's first Linear)."),
     rank: Optional[int] = typer.Option(None, "--rank", help="lsar: subspace rank (default: languages − 1)."),
-    activation: str = typer.Option("act", "--activation", help="lape: 'act' (activation function output, as "
-                                   "Tang et al.) or 'product' (input of the FFN output projection)."),
+    activation: str = typer.Option("product", "--activation", help="lape: 'product' (input of the FFN output "
+                                   "projection: the gated product in GLU blocks) or 'act' (activation function "
+                                   "output, as Tang et al.'s code)."),
     restore: str = typer.Option("first,last,first+last,each", "--restore",
                                 help="restoration: layer sets, e.g. first,last,first+last,each,3,0+5."),
     device: Optional[str] = typer.Option("cpu", "--device", help="cpu, cuda, …"),
