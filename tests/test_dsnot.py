@@ -150,3 +150,26 @@ def test_cli_refine_on_data_free_method_exits_2(tiny_dir, tmp_path, monkeypatch,
     assert e.value.code == 2
     assert "refinement 'dsnot' needs input statistics" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_cli_refine_and_allocation_options(tiny_dir, tmp_path, monkeypatch):
+    import json
+
+    import yaml
+    from polyprune.cli import main
+    text = tmp_path / "cal.txt"
+    text.write_text(" ".join(["The quick brown fox jumps over the lazy dog."] * 40), encoding="utf-8")
+    out = tmp_path / "run"
+    monkeypatch.setattr(sys, "argv", [
+        "polyprune", "prune", "--model", str(tiny_dir("llama")), "--method", "wanda", "--sparsity", "0.5",
+        "--calibration-file", str(text), "--nsamples", "4", "--seqlen", "16", "--refine", "dsnot",
+        "--refine-option", "threshold=0", "--allocation", "owl", "--allocation-option", "m=3",
+        "--allocation-option", "lam=0.05", "--out", str(out)])
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code == 0
+    rec = json.loads((out / "record.json").read_text())
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert rec["refine"] == "dsnot" and rec["refine_options"] == {"threshold": 0}
+    assert cfg["refine"] == "dsnot" and cfg["allocation_options"] == {"m": 3, "lam": 0.05}
+    assert sorted(rec["layer_sparsity"]) == pytest.approx([0.45, 0.55])
