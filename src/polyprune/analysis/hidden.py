@@ -197,9 +197,10 @@ def collect(runs, langs: list[str], opts, keep_states: bool = True) -> Hidden:
     language (cached for the other analyses of the same invocation)."""
     from .common import eval_texts
     key = (tuple(str(r.path) for r in runs), tuple(langs), opts.nsentences, opts.activation, opts.data_dir,
-           keep_states)
-    if key in _CACHE:
+           opts.batch_size)
+    if key in _CACHE and (_CACHE[key].fidelity or not keep_states):
         return _CACHE[key]
+    keep_states = True  # cheap at these sizes, and one pass then serves every hidden-state analysis
     texts = {lang: eval_texts(lang, opts.nsentences, opts.data_dir) for lang in langs}  # fail fast on data
     model, tok = load_base(runs, opts)
     fw = Forwarder(model, tok, opts.activation, opts.batch_size)

@@ -189,8 +189,10 @@ def _plot_magnitudes(out, mats, labels, trans, quad_rows, per_run, runs, layers,
     pct = int(round(opts.beta * 100))
     # one big heatmap of the middle layer (Kim et al. Fig. 1)
     mid = layers[len(layers) // 2]
+    vmax = max(0.05, max(float(m.max()) for m in mats.values()))  # one colour scale for every layer
     fig, ax = plt.subplots(figsize=(1.1 * len(labels) + 3, 0.9 * len(labels) + 2))
-    heatmap(ax, mats[mid].numpy(), labels, labels, f"overlap ratio (top-{pct}% ∩ bottom-{pct}%)", vmin=0, vmax=1)
+    heatmap(ax, mats[mid].numpy(), labels, labels, f"overlap ratio (top-{pct}% ∩ bottom-{pct}%)", vmin=0,
+            vmax=vmax)
     ax.set_xlabel(f"bottom-{pct}% features of set")
     ax.set_ylabel(f"top-{pct}% features of set")
     ax.set_title(f"Overlap of top- and bottom-{pct}% input features, layer {mid} ({module})")
@@ -204,7 +206,7 @@ def _plot_magnitudes(out, mats, labels, trans, quad_rows, per_run, runs, layers,
     short = [lab if len(lab) <= 16 else lab[:15] + "…" for lab in labels]
     im = None
     for k, (a, layer) in enumerate(zip(axes.flat, layers)):
-        im = a.imshow(mats[layer].numpy(), vmin=0, vmax=1, cmap="viridis")
+        im = a.imshow(mats[layer].numpy(), vmin=0, vmax=vmax, cmap="viridis")
         a.set_title(f"layer {layer}", fontsize=9)
         r_, c_ = divmod(k, cols)
         last_row = k + cols >= n
