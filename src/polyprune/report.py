@@ -1,0 +1,530 @@
+"""Paper-style reports from evaluated cells: tables (CSV, Markdown, LaTeX) and figures.
+
+One table per task: rows = model × method × sparsity × calibration (seeds averaged), columns =
+evaluation languages + average; per model, the best value of each column is bold and ``†`` marks
+a value significantly different from the model's baseline (the dense cell, or ``baseline=``) at
+p < 0.1 by the evaluation suite's paired bootstrap (with several seeds: significant in every seed).
+Figures: per-language bars of the primary metric against the calibration, and heatmaps of
+calibration × evaluation language (colour = change relative to the baseline, + = better).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+LABEL_KEYS = ("model", "method", "sparsity", "calibration")
+DAGGER = "†"
+
+
+@dataclass
+class Entry:
+    """One result file of one cell."""
+
+    labels: dict[str, str]
+    seed: str
+    result: dict
+    folder: Path
+    order: int = 0
+
+
+@dataclass
+class Row:
+    key: tuple
+    labels: dict[str, str]
+    results: list[dict] = field(default_factory=list)  # one per seed
+    folders: list[Path] = field(default_factory=list)
+    order: int = 0
+    values: dict[str, float | None] = field(default_factory=dict)
+    std: dict[str, float | None] = field(default_factory=dict)
+    marks: dict[str, str] = field(default_factory=dict)
+    p_values: dict[str, float | None] = field(default_factory=dict)
+    bold: set = field(default_factory=set)
+    is_baseline: bool = False
+
+    @property
+    def label(self) -> str:
+        return " · ".join(v for v in (self.labels.get(k, "-") for k in (*LABEL_KEYS, "variant")) if v and v != "-")
+
+
+@dataclass
+class Table:
+    task: str
+    metric: str
+    higher_is_better: bool
+    langs: list[str]
+    rows: list[Row]
+
+    @property
+    def columns(self) -> list[str]:
+        return [*self.langs, "avg"]
+
+
+# ------------------------------------------------------------------------------------ collection
+def _labels_from_config(folder: Path, result: dict) -> tuple[dict, str]:
+    """Labels of a plain run folder (``polyprune prune`` + ``eval``) or a bare-model result folder."""
+    from .grid import NONE, _calibration_label, _fmt_sparsity, _short_model
+    cfg_file = folder / "config.yaml"
+    if cfg_file.is_file():
+        import yaml
+        c = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}
+        pat = c.get("pattern", "unstructured")
+        sp = pat if pat not in (None, "unstructured") else _fmt_sparsity(float(c.get("sparsity", 0.5)))
+        cal = c.get("calibration") or {}
+        return ({"model": _short_model(c.get("model", "?")), "method": c.get("method", "?"), "sparsity": sp,
+                 "calibration": _calibration_label(cal) if (cal.get("recipe") or cal.get("file")) else NONE},
+                str(c.get("seed", 0)))
+    return ({"model": _short_model(result.get("target") or folder.name), "method": "dense", "sparsity": NONE,
+             "calibration": NONE}, NONE)
+
+
+def _result_files(folder: Path) -> list[Path]:
+    d = folder / "results"
+    if d.is_dir():
+        return sorted(d.glob("*.json"))
+    return sorted(p for p in folder.glob("*.json") if p.name not in ("cell.json", "grid.json", "error.json", "DONE",
+                                                                          "record.json"))
+
+
+def _load_result(path: Path) -> dict | None:
+    try:
+        r = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        log.warning("skipping unreadable result %s", path)
+        return None
+    if not isinstance(r, dict) or "primary" not in r or "task" not in r:
+        return None
+    return r
+
+
+def resolve_runs_dir(source: str | Path) -> Path:
+    """A runs folder, or the runs folder of a grid YAML (``runs/<name>``)."""
+    p = Path(source)
+    if p.is_file() and p.suffix in (".yaml", ".yml"):
+        from .commands.run import default_out
+        from .grid import load_grid
+        g = load_grid(p)
+        out = default_out(p, g.name)
+        if not out.is_dir():
+            raise UserError(f"grid {g.name!r} has no runs at {out}: run `polyprune run {p}` first or give its --out")
+        return out
+    if not p.is_dir():
+        raise UserError(f"{p} is neither a runs folder nor a grid YAML")
+    return p
+
+
+def collect(source: str | Path) -> list[Entry]:
+    """Every finished result under a grid's output folder (or any folder of run folders)."""
+    from .grid import is_done
+    root = resolve_runs_dir(source)
+    entries: list[Entry] = []
+    gj = root / "grid.json"
+    if gj.is_file():
+        fp = json.loads(gj.read_text(encoding="utf-8"))
+        folders = [(i, root / c["dir"]) for i, c in enumerate(fp.get("cells", []))]
+        folders = [(i, f) for i, f in folders if is_done(f)]
+    else:
+        cands = sorted({p.parent.parent for p in root.glob("**/results/*.json")} |
+                       ({root} if (root / "results").is_dir() else set()))
+        folders = [(i, f) for i, f in enumerate(cands) if not f.name.startswith(".")]
+    for order, folder in folders:
+        cell = folder / "cell.json"
+        cell_d = json.loads(cell.read_text(encoding="utf-8")) if cell.is_file() else None
+        for rf in _result_files(folder):
+            res = _load_result(rf)
+            if res is None:
+                continue
+            if cell_d:
+                labels = {k: cell_d["labels"].get(k, "-") for k in LABEL_KEYS}
+                seed = cell_d["labels"].get("seed", "-")
+            else:
+                labels, seed = _labels_from_config(folder, res)
+            variant = rf.stem if rf.stem != res["task"] else "-"
+            if res["task"] != rf.stem and res["task"] in rf.stem:
+                variant = rf.stem
+            labels["variant"] = "-" if variant == res["task"] else variant
+            entries.append(Entry(labels, seed, res, folder, order))
+    if not entries:
+        raise UserError(f"no finished results under {root}: run the grid (polyprune run) or evaluate runs first")
+    return entries
+
+
+# ----------------------------------------------------------------------------------------- tables
+def _pick_baseline(rows: list[Row], model: str, baseline: str | None) -> Row | None:
+    cands = [r for r in rows if r.labels["model"] == model]
+    if baseline is None:
+        dense = [r for r in cands if r.labels["method"] == "dense" and r.labels.get("variant", "-") == "-"]
+        return dense[0] if dense else None
+    want = baseline.strip().lower()
+    for r in cands:
+        names = {r.label.lower(), r.labels["method"].lower(), *(f.name.lower() for f in r.folders)}
+        names |= {" · ".join(v for v in (r.labels[k] for k in LABEL_KEYS[1:]) if v != "-").lower()}
+        if want in names:
+            return r
+    return None
+
+
+def build_tables(entries: list[Entry], baseline: str | None = None, significance: bool = True) -> list[Table]:
+    """Group results by task; average seeds; mark best and significant cells."""
+    by_task: dict[str, list[Entry]] = {}
+    for e in entries:
+        by_task.setdefault(e.result["task"].split("-lrp2")[0], []).append(e)
+    tables = []
+    for task, ents in by_task.items():
+        prim = ents[0].result["primary"]
+        langs: list[str] = []
+        for e in ents:
+            for lang in e.result["primary"]["per_lang"]:
+                if lang not in langs:
+                    langs.append(lang)
+        rows: dict[tuple, Row] = {}
+        for e in sorted(ents, key=lambda e: e.order):
+            key = tuple(e.labels.get(k, "-") for k in (*LABEL_KEYS, "variant"))
+            row = rows.setdefault(key, Row(key, dict(e.labels), order=e.order))
+            row.results.append(e.result)
+            row.folders.append(e.folder)
+        rows_l = sorted(rows.values(), key=lambda r: (r.order, r.label))
+        table = Table(task, prim["metric"], bool(prim["higher_is_better"]), langs, rows_l)
+        for r in rows_l:
+            for lang in langs:
+                vals = [x["primary"]["per_lang"].get(lang) for x in r.results]
+                vals = [v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
+                r.values[lang] = sum(vals) / len(vals) if vals else None
+                r.std[lang] = _std(vals)
+            have = [r.values[lang] for lang in langs if r.values[lang] is not None]
+            r.values["avg"] = sum(have) / len(have) if len(have) == len(langs) and have else None
+        _mark(table, baseline, significance)
+        tables.append(table)
+    return tables
+
+
+def _std(vals: list[float]) -> float | None:
+    if len(vals) < 2:
+        return None
+    m = sum(vals) / len(vals)
+    return math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
+
+
+def _compare(a: dict, b: dict) -> dict:
+    from .evaluate.significance import compare
+    return compare(a, b)
+
+
+def _mark(table: Table, baseline: str | None, significance: bool) -> None:
+    models = list(dict.fromkeys(r.labels["model"] for r in table.rows))
+    for model in models:
+        rows = [r for r in table.rows if r.labels["model"] == model]
+        base = _pick_baseline(table.rows, model, baseline)
+        if baseline is not None and base is None:
+            raise UserError(f"--baseline {baseline!r} matches no row of model {model} in {table.task}: "
+                            f"use one of {', '.join(r.label for r in rows)}")
+        if base is not None:
+            base.is_baseline = True
+        for col in table.columns:  # best per column within the model
+            vals = [(r.values.get(col), r) for r in rows if r.values.get(col) is not None]
+            if vals:
+                best = (max if table.higher_is_better else min)(v for v, _ in vals)
+                for v, r in vals:
+                    if v == best:
+                        r.bold.add(col)
+        if base is None or not significance:
+            continue
+        for r in rows:
+            if r is base:
+                continue
+            per_seed = []
+            for res in r.results:
+                try:
+                    per_seed.append(_compare(res, base.results[0]))
+                except (UserError, KeyError, ValueError) as e:
+                    log.warning("no significance for %s vs %s (%s)", r.label, base.label, e)
+                    per_seed = []
+                    break
+            for lang in table.langs:
+                ps = [c.get(lang) for c in per_seed]
+                if not ps or any(p is None for p in ps):
+                    continue
+                r.p_values[lang] = max(p["p_value"] for p in ps)
+                if all(p["significant"] for p in ps):
+                    r.marks[lang] = DAGGER
+
+
+def fmt(v: float | None) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if abs(v) >= 1000:
+        return f"{v:.0f}"
+    return f"{v:.2f}" if abs(v) >= 1 else f"{v:.3f}"
+
+
+def _label_columns(table: Table) -> list[str]:
+    """Label columns that vary (model, method, sparsity, calibration, variant)."""
+    keys = [*LABEL_KEYS, "variant"]
+    keep = [k for k in keys if len({r.labels.get(k, "-") for r in table.rows}) > 1]
+    return keep or ["method"]
+
+
+def _seeds_note(table: Table) -> str:
+    n = max(len(r.results) for r in table.rows)
+    return f"; mean of {n} seeds" if n > 1 else ""
+
+
+def table_csv(table: Table) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    keys = [*LABEL_KEYS, "variant"]
+    w.writerow([*keys, "seeds", *table.columns, *(f"{c}_std" for c in table.langs), *(f"{c}_p" for c in table.langs),
+                "baseline"])
+    for r in table.rows:
+        w.writerow([r.labels.get(k, "-") for k in keys] + [len(r.results)] +
+                   ["" if r.values.get(c) is None else f"{r.values[c]:.6g}" for c in table.columns] +
+                   ["" if r.std.get(c) is None else f"{r.std[c]:.4g}" for c in table.langs] +
+                   ["" if r.p_values.get(c) is None else f"{r.p_values[c]:.4g}" for c in table.langs] +
+                   [int(r.is_baseline)])
+    return buf.getvalue()
+
+
+def _caption(table: Table) -> str:
+    arrow = "higher is better" if table.higher_is_better else "lower is better"
+    return (f"{table.task}: {table.metric} ({arrow}) per evaluation language{_seeds_note(table)}. Bold: best per "
+            f"column within a model; {DAGGER}: p < 0.1 against the model's baseline (paired bootstrap).")
+
+
+def table_markdown(table: Table) -> str:
+    cols = _label_columns(table)
+    head = [c.capitalize() for c in cols] + [_lang_short(c) for c in table.langs] + ["Avg."]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(cols) + ["---:"] * len(table.columns)) + "|"]
+    for r in table.rows:
+        cells = [r.labels.get(k, "-") + (" (baseline)" if r.is_baseline and k == cols[-1] else "") for k in cols]
+        for c in table.columns:
+            s = fmt(r.values.get(c)) + r.marks.get(c, "")
+            cells.append(f"**{s}**" if c in r.bold else s)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n" + _caption(table) + "\n"
+
+
+def _tex_escape(s: str) -> str:
+    rep = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+           "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "·": r"$\cdot$", ">": r"$\to$",
+           "θ": r"$\theta$"}
+    return "".join(rep.get(ch, ch) for ch in s)
+
+
+def table_latex(table: Table) -> str:
+    cols = _label_columns(table)
+    spec = "l" * len(cols) + "r" * len(table.columns)
+    out = [r"\begin{table}[t]", r"\centering", r"\small", rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
+           " & ".join([_tex_escape(c.capitalize()) for c in cols] + [_tex_escape(_lang_short(c)) for c in table.langs]
+                      + ["Avg."]) + r" \\", r"\midrule"]
+    prev_model = None
+    for r in table.rows:
+        if prev_model is not None and r.labels["model"] != prev_model:
+            out.append(r"\midrule")
+        prev_model = r.labels["model"]
+        cells = [_tex_escape(r.labels.get(k, "-")) for k in cols]
+        for c in table.columns:
+            s = fmt(r.values.get(c)).replace("–", "--")
+            if c in r.bold:
+                s = rf"\textbf{{{s}}}"
+            if r.marks.get(c):
+                s += r"$^\dagger$"
+            cells.append(s)
+        out.append(" & ".join(cells) + r" \\")
+    out += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{_tex_escape(_caption(table)).replace('†', '$^\\dagger$')}}}",
+            rf"\label{{tab:{table.task}}}", r"\end{table}"]
+    return "\n".join(out) + "\n"
+
+
+def _lang_short(code: str) -> str:
+    return code.split("_")[0] if code != "avg" else "avg"
+
+
+def table_rich(table: Table, title: str | None = None):
+    """The table as a rich Table (for the terminal)."""
+    from rich.table import Table as RTable
+    cols = _label_columns(table)
+    t = RTable(title=title or f"{table.task} · {table.metric} ({'↑' if table.higher_is_better else '↓'})",
+               caption=f"bold = best per column; {DAGGER} p < 0.1 vs baseline")
+    for c in cols:
+        t.add_column(c.capitalize())
+    for c in table.columns:
+        t.add_column(_lang_short(c), justify="right")
+    for r in table.rows:
+        cells = [r.labels.get(k, "-") for k in cols]
+        for c in table.columns:
+            s = fmt(r.values.get(c)) + r.marks.get(c, "")
+            cells.append(f"[bold green]{s}[/]" if c in r.bold else s)
+        t.add_row(*cells, style="dim" if r.is_baseline else None)
+    return t
+
+
+# ---------------------------------------------------------------------------------------- figures
+def _save(fig, path: Path) -> list[Path]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    outs = []
+    for ext in ("png", "pdf"):
+        p = path.with_suffix(f".{ext}")
+        fig.savefig(p, dpi=150, bbox_inches="tight")
+        outs.append(p)
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+    return outs
+
+
+def _groups(rows: list[Row]) -> dict[tuple, list[Row]]:
+    g: dict[tuple, list[Row]] = {}
+    for r in rows:
+        g.setdefault((r.labels["method"], r.labels["sparsity"], r.labels.get("variant", "-")), []).append(r)
+    return g
+
+
+def _slug(s: str) -> str:
+    import re
+    return re.sub(r"[^A-Za-z0-9.+=]+", "-", s).strip("-")
+
+
+def figure_bars(table: Table, model: str, folder: Path) -> list[Path]:
+    """Per evaluation language: the primary metric of every row (grouped by method · sparsity),
+    x = calibration; the baseline as a dashed line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = [r for r in table.rows if r.labels["model"] == model]
+    base = next((r for r in rows if r.is_baseline), None)
+    others = [r for r in rows if r is not base]
+    if not others:
+        return []
+    cals = list(dict.fromkeys(r.labels["calibration"] for r in others))
+    groups = _groups(others)
+    cols = table.columns
+    ncol = min(4, len(cols))
+    nrow = math.ceil(len(cols) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 2.9 * nrow + 0.6), squeeze=False)
+    width = 0.8 / max(1, len(groups))
+    cmap = plt.get_cmap("tab10")
+    for i, col in enumerate(cols):
+        ax = axes[i // ncol][i % ncol]
+        for gi, (gkey, grows) in enumerate(groups.items()):
+            xs, ys = [], []
+            for r in grows:
+                v = r.values.get(col)
+                if v is not None:
+                    xs.append(cals.index(r.labels["calibration"]) + (gi - (len(groups) - 1) / 2) * width)
+                    ys.append(v)
+            ax.bar(xs, ys, width=width * 0.95, color=cmap(gi % 10),
+                   label=" · ".join(x for x in gkey if x != "-"))
+        if base is not None and base.values.get(col) is not None:
+            ax.axhline(base.values[col], color="black", ls="--", lw=1, label=f"{base.label} (baseline)")
+        ax.set_xticks(range(len(cals)))
+        ax.set_xticklabels(cals, rotation=45, ha="right", fontsize=8)
+        ax.set_title("average" if col == "avg" else col, fontsize=10)
+        ax.set_ylabel(table.metric, fontsize=8)
+        if not table.higher_is_better and table.metric == "ppl":
+            ax.set_yscale("log")
+        ax.grid(axis="y", alpha=0.3)
+    for j in range(len(cols), nrow * ncol):
+        axes[j // ncol][j % ncol].axis("off")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False,
+               bbox_to_anchor=(0.5, -0.02))
+    arrow = "higher is better" if table.higher_is_better else "lower is better"
+    fig.suptitle(f"{model} — {table.task} {table.metric} ({arrow}) per evaluation language vs calibration")
+    fig.tight_layout(rect=(0, 0.06, 1, 0.96))
+    return _save(fig, folder / f"{table.task}-{_slug(model)}-bars")
+
+
+def figure_heatmap(table: Table, model: str, folder: Path) -> list[Path]:
+    """Calibration × evaluation language, one panel per method · sparsity with ≥ 2 rows: raw values
+    annotated, colour = relative change against the baseline (+ = better; red = worse)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.colors import TwoSlopeNorm
+    rows = [r for r in table.rows if r.labels["model"] == model]
+    base = next((r for r in rows if r.is_baseline), None)
+    panels = [(k, g) for k, g in _groups([r for r in rows if r is not base]).items() if len(g) >= 2]
+    if not panels:
+        return []
+    cols = table.columns
+    sign = 1.0 if table.higher_is_better else -1.0
+    mats = []
+    for _, grows in panels:
+        m = np.full((len(grows), len(cols)), np.nan)
+        for i, r in enumerate(grows):
+            for j, c in enumerate(cols):
+                v = r.values.get(c)
+                if v is None:
+                    continue
+                ref = base.values.get(c) if base is not None else None
+                if ref is None:  # no baseline: relative to the column's best row of the panel
+                    colvals = [x.values.get(c) for x in grows if x.values.get(c) is not None]
+                    ref = (max if table.higher_is_better else min)(colvals)
+                m[i, j] = sign * (v - ref) / abs(ref) * 100 if ref else np.nan
+        mats.append(m)
+    allv = np.concatenate([m[~np.isnan(m)] for m in mats]) if mats else np.array([0.0])
+    lo, hi = float(min(allv.min(), -1e-6)), float(max(allv.max(), 1e-6))
+    norm = TwoSlopeNorm(vmin=lo, vcenter=0.0, vmax=hi)
+    h = sum(len(g) for _, g in panels)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(1.1 * len(cols) + 3.2, 0.48 * h + 1.3 * len(panels) + 0.6),
+                             squeeze=False, gridspec_kw={"height_ratios": [len(g) for _, g in panels]})
+    im = None
+    for ax, (gkey, grows), m in zip(axes[:, 0], panels, mats):
+        im = ax.imshow(m, cmap="RdBu", norm=norm, aspect="auto")
+        for i, r in enumerate(grows):
+            for j, c in enumerate(cols):
+                v = r.values.get(c)
+                txt = fmt(v) + r.marks.get(c, "")
+                ax.text(j, i, txt, ha="center", va="center", fontsize=8,
+                        fontweight="bold" if c in r.bold else "normal",
+                        color="white" if not np.isnan(m[i, j]) and abs(m[i, j]) > 0.6 * max(abs(lo), hi) else "black")
+        ax.set_xticks(range(len(cols)))
+        ax.set_xticklabels(["average" if c == "avg" else c for c in cols], fontsize=8)
+        ax.set_yticks(range(len(grows)))
+        ax.set_yticklabels([r.labels["calibration"] for r in grows], fontsize=8)
+        ax.set_ylabel("calibration", fontsize=9)
+        ax.set_title(" · ".join(x for x in gkey if x != "-"), fontsize=10)
+    axes[-1, 0].set_xlabel("evaluation language", fontsize=9)
+    ref = f"vs {base.label}" if base is not None else "vs the best row"
+    cb = fig.colorbar(im, ax=axes[:, 0].tolist(), shrink=0.9, pad=0.02)
+    cb.set_label(f"{table.metric} change {ref} (%; + = better)", fontsize=8)
+    arrow = "higher is better" if table.higher_is_better else "lower is better"
+    fig.suptitle(f"{model} — {table.task} {table.metric} ({arrow}): calibration × evaluation language", fontsize=11)
+    return _save(fig, folder / f"{table.task}-{_slug(model)}-heatmap")
+
+
+# ------------------------------------------------------------------------------------------ write
+def write_report(source: str | Path, out: str | Path | None = None, baseline: str | None = None,
+                 figures: bool = True, significance: bool = True) -> dict:
+    """Tables (CSV, Markdown, LaTeX) + figures into ``out`` (default ``<runs>/report``), atomically."""
+    from .run import staged_dir
+    root = resolve_runs_dir(source)
+    tables = build_tables(collect(root), baseline, significance)
+    out = Path(out) if out is not None else root / "report"
+    written: dict[str, Any] = {"dir": out, "tables": {}, "figures": []}
+    with staged_dir(out, force=True) as tmp:
+        md = [f"# Report: {root.name}\n"]
+        for t in tables:
+            (tmp / f"{t.task}.csv").write_text(table_csv(t), encoding="utf-8")
+            (tmp / f"{t.task}.md").write_text(table_markdown(t), encoding="utf-8")
+            (tmp / f"{t.task}.tex").write_text(table_latex(t), encoding="utf-8")
+            written["tables"][t.task] = {ext: out / f"{t.task}.{ext}" for ext in ("csv", "md", "tex")}
+            md.append(f"## {t.task}\n\n{table_markdown(t)}")
+            if figures:
+                for model in dict.fromkeys(r.labels["model"] for r in t.rows):
+                    for p in figure_bars(t, model, tmp / "figures") + figure_heatmap(t, model, tmp / "figures"):
+                        written["figures"].append(out / "figures" / p.name)
+                        if p.suffix == ".png":
+                            md.append(f"![{p.stem}](figures/{p.name})\n")
+        (tmp / "report.md").write_text("\n".join(md), encoding="utf-8")
+    written["tables_obj"] = tables
+    return written
