@@ -89,6 +89,8 @@ def child(args) -> None:
     folder = Path(args.dir)
     cal, _, source = calibration(folder, args.nsamples, args.seqlen)
     fp32 = estimated_bytes(Checkpoint(folder), torch.float32)
+    from transformers import AutoConfig, AutoModelForCausalLM
+    AutoModelForCausalLM._model_mapping[type(AutoConfig.from_pretrained(folder))]  # import the modeling code
     base = peak_rss()
     t0 = time.perf_counter()
     if args.mode == "in-memory":

@@ -1,9 +1,9 @@
 """Prune models larger than memory: stream decoder layers one at a time from a safetensors checkpoint.
 
 The model is built on the meta device; only the tensors outside the decoder layers (embeddings,
-final norm, …) are attached, memory-mapped from the checkpoint so only the rows the calibration
-touches are read; non-persistent buffers (rotary tables) are computed by the constructors as
-usual. The ordinary engine (:func:`polyprune.prune`) then walks the layers with a ``layer_io``
+final norm, …) are attached; embedding tables are read row by row on first lookup, so only the
+rows the calibration touches take memory; non-persistent buffers (rotary tables) are computed by
+the constructors as usual. The ordinary engine (:func:`polyprune.prune`) then walks the layers with a ``layer_io``
 that loads layer *i* from disk before its statistics and, once its outputs have fed layer *i+1*,
 writes its (pruned or quantised) tensors to the output checkpoint, spills its masks to disk and
 frees it. Masks are therefore the ones of the in-memory path, bit for bit.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import mmap
 import os
 import re
 import shutil
@@ -89,13 +90,31 @@ class Checkpoint:
     def nbytes(self, names: Iterable[str] | None = None) -> int:
         return sum(self.entries[n][4] - self.entries[n][3] for n in (names if names is not None else self.entries))
 
-    def mmap(self, name: str) -> torch.Tensor:
-        """A copy-on-write memory map of the tensor: pages are read only when touched."""
-        path, _, shape, start, end = self.entries[name]
-        if end == start:
-            return torch.empty(shape, dtype=self.dtype(name))
-        arr = np.memmap(path, dtype=np.uint8, mode="c", offset=start, shape=(end - start,))
-        return torch.from_numpy(arr).view(self.dtype(name)).reshape(shape)
+    def lazy_rows(self, name: str, dtype: torch.dtype) -> tuple[torch.Tensor, Any]:
+        """A [rows, …] tensor in ``dtype`` whose rows are read from disk on first use, and the forward
+        pre-hook for the nn.Embedding holding it: an embedding lookup pages in only the rows its ids
+        touch (untouched rows are never-written zero pages, not resident)."""
+        path, _, shape, start, _ = self.entries[name]
+        src_dt = self.dtype(name)
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        region = mmap.mmap(-1, max(nbytes, 1))  # anonymous, zero-filled, resident only where written
+        if hasattr(mmap, "MADV_NOHUGEPAGE"):
+            region.madvise(mmap.MADV_NOHUGEPAGE)  # one written row must not fault in a 2 MiB page
+        out = torch.frombuffer(region, dtype=torch.uint8, count=nbytes).view(dtype).reshape(shape)
+        row_bytes = int(np.prod(shape[1:])) * src_dt.itemsize
+        loaded = torch.zeros(shape[0], dtype=torch.bool)
+
+        def hook(module, args):
+            ids = torch.unique(args[0]).cpu()
+            need = ids[~loaded[ids]].tolist()
+            if need:
+                with open(path, "rb") as f:
+                    fd = f.fileno()
+                    for r in need:
+                        raw = bytearray(os.pread(fd, row_bytes, start + r * row_bytes))
+                        out[r] = torch.frombuffer(raw, dtype=src_dt).reshape(shape[1:]).to(dtype)
+                loaded[need] = True
+        return out, hook
 
     def load(self, name: str) -> torch.Tensor:
         """The tensor read into memory (a private copy)."""
@@ -197,7 +216,7 @@ def _state_names(module: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]
 
 def skeleton(folder: str | Path, dtype: torch.dtype, ckpt: Checkpoint | None = None):
     """``(model, layers path, checkpoint)``: the causal LM on the meta device with every tensor outside
-    the decoder layers attached (memory-mapped when the checkpoint already has ``dtype``)."""
+    the decoder layers attached (nn.Embedding tables lazily, row by row)."""
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
     from .model import find_layers
@@ -212,19 +231,23 @@ def skeleton(folder: str | Path, dtype: torch.dtype, ckpt: Checkpoint | None = N
     model.requires_grad_(False)
     path, layers = find_layers(model)
     layer_prefix = f"{path}."
-    attached = 0
+    embeddings = {f"{n}.weight": m for n, m in model.named_modules()
+                  if isinstance(m, nn.Embedding) and not n.startswith(layer_prefix)}
     for name, t in _state_names(model).items():
         if name.startswith(layer_prefix) or t.device.type != "meta":
             continue
         if name not in ckpt:
             continue  # tied (lm_head) or unused: re-tied below, checked after
         want = dtype if t.is_floating_point() else t.dtype
-        src = ckpt.mmap(name) if ckpt.dtype(name) == want else ckpt.load(name).to(want)
+        if name in embeddings and len(ckpt.shape(name)) == 2:
+            src, hook = ckpt.lazy_rows(name, want)
+            embeddings[name].register_forward_pre_hook(hook)
+        else:
+            src = ckpt.load(name) if ckpt.dtype(name) == want else ckpt.load(name).to(want)
         if tuple(src.shape) != tuple(t.shape):
             raise UserError(f"checkpoint tensor {name} has shape {tuple(src.shape)}, the model expects "
                             f"{tuple(t.shape)}: config.json does not match the weights")
         _set_tensor(model, name, src)
-        attached += 1
     if hasattr(model, "tie_weights"):
         model.tie_weights()
     missing = [n for n, t in _state_names(model).items() if not n.startswith(layer_prefix) and t.device.type == "meta"]
