@@ -72,7 +72,7 @@ BAD = [
     (["--pattern", "3:7"], "not divisible by M=7"),
     (["--sparsity", "1.0"], "outside (0, 1)"),
     (["--sparsity", "0"], "outside (0, 1)"),
-    (["--seqlen", "100000"], "fewer than --seqlen"),
+    (["--seqlen", "100000"], "a window needs"),
     (["--option", "nonsense=1"], "has no option 'nonsense'"),
     (["--keep-dense-layers", "9"], "out of range"),
 ]

@@ -10,7 +10,7 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import torch
 
@@ -134,42 +134,20 @@ def as_calibration(obj: Any) -> Calibration:
     return cal
 
 
-def text_windows(token_ids: torch.Tensor, nsamples: int, seqlen: int, seed: int,
-                 langs: tuple[str, ...] = (), source: dict | None = None, set_name: str = DEFAULT_SET,
-                 what: str = "calibration text") -> list[Sample]:
-    """``nsamples`` windows of ``seqlen`` tokens at seeded random offsets (Wanda's loader)."""
-    n = int(token_ids.numel())
-    if n <= seqlen:
-        raise UserError(f"{what} has {n} tokens, fewer than --seqlen {seqlen} + 1: "
-                        f"give more text or a smaller --seqlen")
-    rng = random.Random(seed)
-    out = []
-    for _ in range(nsamples):
-        i = rng.randint(0, n - seqlen - 1)
-        out.append(Sample(token_ids[i:i + seqlen].clone(), None, langs, set_name,
-                          source={**(source or {}), "token_offset": i}))
-    return out
-
-
 def from_text_file(path: str | Path, tokenizer, nsamples: int, seqlen: int, seed: int = 0,
                    langs: tuple[str, ...] = ()) -> Calibration:
-    """Windows of a plain text file, tokenized once as a whole."""
+    """``nsamples`` windows of ``seqlen`` tokens at seeded random offsets of a plain text file
+    (Wanda's loader), each starting with the tokenizer's special prefix (e.g. Gemma's <bos>)."""
+    from .calibrations._util import window_samples
     p = Path(path)
     if not p.is_file():
         raise UserError(f"--calibration-file {p} does not exist: give a readable text file")
     text = p.read_text(encoding="utf-8")
     if not text.strip():
         raise UserError(f"--calibration-file {p} is empty: give a file with text")
-    ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
-    samples = text_windows(ids, nsamples, seqlen, seed, langs, {"file": str(p)}, what=f"--calibration-file {p}")
-    bos = getattr(tokenizer, "bos_token_id", None)
-    if bos is not None and getattr(tokenizer, "add_bos_token", False):
-        for s in samples:  # models such as Gemma need <bos> first
-            s.input_ids = torch.cat([torch.tensor([bos]), s.input_ids[:-1]])
-    cal = Calibration(samples, "file", {"file": str(p), "nsamples": nsamples, "seqlen": seqlen, "seed": seed})
-    for s in cal.samples:
-        s.text = None
-    return cal
+    samples = window_samples(tokenizer, text, nsamples, seqlen, random.Random(seed), tuple(langs),
+                             {"file": str(p)}, what=f"--calibration-file {p}")
+    return Calibration(samples, "file", {"file": str(p), "nsamples": nsamples, "seqlen": seqlen, "seed": seed})
 
 
 # name -> builder(tokenizer, config: dict) -> Calibration. Language-aware recipes register here.
@@ -189,7 +167,3 @@ def build_calibration(name: str, tokenizer, **options) -> Calibration:
     if name not in RECIPES:
         raise UserError(f"unknown calibration recipe {name!r}: choose one of {', '.join(sorted(RECIPES))}")
     return RECIPES[name](tokenizer, **options)
-
-
-def iter_real_tokens(samples: Iterable[Sample]) -> int:
-    return sum(s.n_tokens for s in samples)
