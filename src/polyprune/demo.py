@@ -12,7 +12,7 @@ DEMO_LANGS = ("eng_Latn", "fra_Latn", "zho_Hans", "swh_Latn")
 # sized for ≤ 10 minutes on 2 CPU cores (see docs/results.md for the measured wall time)
 DEMO_NSAMPLES = 16
 DEMO_SEQLEN = 256
-DEMO_EVAL_LINES = 100
+DEMO_EVAL_LINES = 40
 
 
 def find_data_dir(data_dir: str | Path | None = None) -> Path:
@@ -49,7 +49,7 @@ def demo_grid(model: str = "embedded", nsamples: int = DEMO_NSAMPLES, seqlen: in
 
 def run_demo(out: str | Path = "demo-runs", data_dir: str | Path | None = None, model: str = "embedded",
              nsamples: int = DEMO_NSAMPLES, seqlen: int = DEMO_SEQLEN, limit: int = DEMO_EVAL_LINES,
-             show: bool = True) -> dict:
+             show: bool = True, figures: bool = True) -> dict:
     """Run (or resume) the demo grid in-process and write its report; returns the report paths,
     the grid summary and the perplexity table."""
     from .grid import grid_from_dict, run_grid
@@ -59,7 +59,7 @@ def run_demo(out: str | Path = "demo-runs", data_dir: str | Path | None = None, 
     summary = run_grid(grid, out, in_process=True, data_dir=str(ddir), show=show)
     if summary.done + summary.skipped == 0:
         raise UserError(f"every demo cell failed (see {Path(out)}/*/error.json)")
-    rep = write_report(out)
+    rep = write_report(out, figures=figures)
     rep["summary"] = summary
     rep["table"] = next((t for t in rep["tables_obj"] if t.task == "perplexity"), None)
     return rep

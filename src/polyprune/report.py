@@ -269,7 +269,8 @@ def fmt(v: float | None) -> str:
 def _label_columns(table: Table) -> list[str]:
     """Label columns that vary (model, method, sparsity, calibration, variant)."""
     keys = [*LABEL_KEYS, "variant"]
-    keep = [k for k in keys if len({r.labels.get(k, "-") for r in table.rows}) > 1]
+    keep = [k for k in keys if len({r.labels.get(k, "-") for r in table.rows} - {"-"}) > 1
+            or (k == "calibration" and any(r.labels.get(k, "-") != "-" for r in table.rows))]
     return keep or ["method"]
 
 
@@ -315,7 +316,7 @@ def table_markdown(table: Table) -> str:
 def _tex_escape(s: str) -> str:
     rep = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
            "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "·": r"$\cdot$", ">": r"$\to$",
-           "θ": r"$\theta$"}
+           "θ": r"$\theta$", "†": r"$^\dagger$"}
     return "".join(rep.get(ch, ch) for ch in s)
 
 
@@ -339,8 +340,9 @@ def table_latex(table: Table) -> str:
                 s += r"$^\dagger$"
             cells.append(s)
         out.append(" & ".join(cells) + r" \\")
-    out += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{_tex_escape(_caption(table)).replace('†', '$^\\dagger$')}}}",
-            rf"\label{{tab:{table.task}}}", r"\end{table}"]
+    caption = _tex_escape(_caption(table)).replace(DAGGER, r"$^\dagger$")
+    out += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{caption}}}", rf"\label{{tab:{table.task}}}",
+            r"\end{table}"]
     return "\n".join(out) + "\n"
 
 

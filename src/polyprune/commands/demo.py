@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from ..cli import app
+from ..demo import DEMO_EVAL_LINES, DEMO_NSAMPLES, DEMO_SEQLEN
 
 
 @app.command("demo")
@@ -16,9 +17,9 @@ def demo_cmd(
                                             "else ../shared/data)."),
     out: Path = typer.Option(Path("demo-runs"), "--out", help="Folder for the demo's cells and report."),
     model: str = typer.Option("embedded", "--model", "-m", help="Model (default: the embedded Gemma-3-270M)."),
-    nsamples: int = typer.Option(16, help="Calibration windows per language."),
-    seqlen: int = typer.Option(256, help="Tokens per calibration window."),
-    limit: int = typer.Option(100, help="Held-out FLORES sentences per evaluation language."),
+    nsamples: int = typer.Option(DEMO_NSAMPLES, help="Calibration windows per language."),
+    seqlen: int = typer.Option(DEMO_SEQLEN, help="Tokens per calibration window."),
+    limit: int = typer.Option(DEMO_EVAL_LINES, help="Held-out FLORES sentences per evaluation language."),
 ) -> None:
     """Dense, magnitude and Wanda 50 % calibrated on eng/fra/zho/swh; perplexity per language.
     Rerunning reuses finished cells."""
