@@ -82,6 +82,12 @@ class EvalSpec(_Strict):
     cells: Literal["all", "dense", "pruned"] = "all"
 
 
+class AnalysisSpec(_Strict):
+    what: str  # a single-run analysis of ``polyprune analyze`` (e.g. snr), run on every pruned cell
+    langs: list[str] = Field(default_factory=list)
+    options: dict[str, Any] = Field(default_factory=dict)  # polyprune.analysis.Options fields
+
+
 class Resources(_Strict):
     num_cpus: float = 1.0
     num_gpus: float = 0.0
@@ -102,13 +108,15 @@ class GridSpec(_Strict):
     defaults: dict[str, Any] = Field(default_factory=dict)
     axes: Axes
     evaluations: list[EvalSpec] = Field(default_factory=list)
+    analyses: list[AnalysisSpec] = Field(default_factory=list)
     dense: bool = True
     exclude: list[dict[str, Any]] = Field(default_factory=list)
     resources: Resources = Field(default_factory=Resources)
     data_dir: str | None = None
 
 
-_SCHEMA_AT = {(): GridSpec, ("axes",): Axes, ("evaluations",): EvalSpec, ("resources",): Resources}
+_SCHEMA_AT = {(): GridSpec, ("axes",): Axes, ("evaluations",): EvalSpec, ("analyses",): AnalysisSpec,
+              ("resources",): Resources}
 
 
 def _spec_error(e: ValidationError, where: str) -> UserError:
@@ -136,6 +144,7 @@ class Cell:
     config: dict[str, Any]  # RunConfig fields (dense: model/dtype/device)
     evaluations: list[dict[str, Any]] = field(default_factory=list)
     resources: dict[str, Any] = field(default_factory=dict)
+    analyses: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def slug(self) -> str:
@@ -182,9 +191,12 @@ def _hashable_config(cfg, kind: str) -> dict:
     return d
 
 
-def cell_hash(kind: str, hashable: dict, evaluations: list[dict]) -> str:
+def cell_hash(kind: str, hashable: dict, evaluations: list[dict], analyses: list[dict] | None = None) -> str:
     evs = [{k: v for k, v in e.items() if k != "cells" and v not in (None, [], {})} for e in evaluations]
-    return canonical_hash({"v": HASH_VERSION, "kind": kind, "config": hashable, "evaluations": evs})
+    obj = {"v": HASH_VERSION, "kind": kind, "config": hashable, "evaluations": evs}
+    if analyses:
+        obj["analyses"] = analyses
+    return canonical_hash(obj)
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -334,6 +346,8 @@ def expand(spec: GridSpec, where: str = "grid", data_dir: str | None = None,
         raise UserError(f"{where}: two evaluations are named {dup[0]!r}: give each a distinct 'name'")
     if check_registries:
         _check_tasks(spec.evaluations, where)
+        _check_analyses(spec.analyses, where)
+    analyses = [a.model_dump() for a in spec.analyses]
     ddir = data_dir or spec.data_dir
     resources = spec.resources.model_dump()
 
@@ -365,9 +379,9 @@ def expand(spec: GridSpec, where: str = "grid", data_dir: str | None = None,
                                                            or cfg.calibration.contrast_lang):
             cfg.calibration.data_dir = str(ddir)
         evs = evals_for("pruned")
-        cid = cell_hash("prune", _hashable_config(cfg, "prune"), evs)
+        cid = cell_hash("prune", _hashable_config(cfg, "prune"), evs, analyses)
         if cid not in cells:
-            cells[cid] = Cell(cid, "prune", labels, cfg.model_dump(mode="json"), evs, resources)
+            cells[cid] = Cell(cid, "prune", labels, cfg.model_dump(mode="json"), evs, resources, analyses)
         if spec.dense:
             dcfg = {"model": cfg.model, "dtype": cfg.dtype, "device": cfg.device}
             devs = evals_for(DENSE)
@@ -439,6 +453,29 @@ def _check_tasks(evals: list[EvalSpec], where: str) -> None:
                 get_language(code)
         except UserError as err:
             raise UserError(f"{where}: evaluations[{i}]: {err}") from None
+
+
+def _check_analyses(specs: list[AnalysisSpec], where: str) -> None:
+    """Single-run analyses with known option names (see ``polyprune analyze``)."""
+    if not specs:
+        return
+    from dataclasses import fields
+    from .analysis import Options, get_analysis
+    from .languages import get_language
+    known = [f.name for f in fields(Options) if f.name not in ("langs", "data_dir")]
+    for i, a in enumerate(specs):
+        try:
+            an = get_analysis(a.what)
+            if an.min_runs > 1:
+                raise UserError(f"analysis {a.what} compares several runs: run `polyprune analyze` on the cells "
+                                f"after the grid")
+            bad = sorted(set(a.options) - set(known))
+            if bad:
+                raise UserError(f"unknown option {bad[0]!r}; valid options: {', '.join(known)}")
+            for code in a.langs:
+                get_language(code)
+        except UserError as err:
+            raise UserError(f"{where}: analyses[{i}]: {err}") from None
 
 
 def _eval_name(e: EvalSpec) -> str:
@@ -581,6 +618,10 @@ def _do_cell(cell: Cell, tmp: Path, cache: ModelCache, data_dir: str | None) -> 
             _write_json(tmp / "results" / f"{ev['name']}.json", res)
     finally:
         cache.restore()
+    if cell.kind != DENSE:
+        for a in cell.analyses:  # on the run folder being built (loads the model itself)
+            from .analysis import Options, analyze
+            analyze([tmp], a["what"], opts=Options(langs=list(a["langs"]), data_dir=data_dir, **a["options"]))
 
 
 def execute_cell(cell: Cell, out: str | Path, cache: ModelCache | None = None,

@@ -106,6 +106,42 @@ def _load_result(path: Path) -> dict | None:
     return r
 
 
+# per-language summaries written by single-run analyses (RUN/analysis/<file>.json, a list of records)
+# → tables: (table name, record key, metric, higher is better)
+ANALYSIS_TABLES = {"snr_summary": [("snr", "snr_db_mean", "snr_db", True),
+                                   ("pruning_error", "pruning_error_mean", "pruning_error", False)]}
+
+
+def _analysis_results(folder: Path) -> list[dict]:
+    """Analysis summaries of a run folder as result-like dicts (no per-example data: no significance)."""
+    out = []
+    for fname, specs in ANALYSIS_TABLES.items():
+        f = folder / "analysis" / f"{fname}.json"
+        if not f.is_file():
+            continue
+        try:
+            recs = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        for task, key, metric, hib in specs:
+            per_lang = {r["lang"]: r.get(key) for r in recs if isinstance(r, dict) and "lang" in r}
+            if per_lang:
+                out.append({"task": task, "primary": {"metric": metric, "higher_is_better": hib,
+                                                       "per_lang": per_lang}})
+    return out
+
+
+def table_key(task: str) -> str:
+    """Results of one task share a table: ``xnli-lrp2`` is a row variant of ``xnli``."""
+    return task[: -len("-lrp2")] if task.endswith("-lrp2") else task
+
+
+def _variant(stem: str, base: str) -> str:
+    if stem == base:
+        return "-"
+    return stem[len(base) + 1:] if stem.startswith(base + "-") else stem
+
+
 def resolve_runs_dir(source: str | Path) -> Path:
     """A runs folder, or the runs folder of a grid YAML (``runs/<name>``)."""
     p = Path(source)
@@ -139,8 +175,9 @@ def collect(source: str | Path) -> list[Entry]:
     for order, folder in folders:
         cell = folder / "cell.json"
         cell_d = json.loads(cell.read_text(encoding="utf-8")) if cell.is_file() else None
-        for rf in _result_files(folder):
-            res = _load_result(rf)
+        found = [(rf, _load_result(rf)) for rf in _result_files(folder)]
+        found += [(folder / "analysis" / f"{r['task']}.json", r) for r in _analysis_results(folder)]
+        for rf, res in found:
             if res is None:
                 continue
             if cell_d:
@@ -148,10 +185,7 @@ def collect(source: str | Path) -> list[Entry]:
                 seed = cell_d["labels"].get("seed", "-")
             else:
                 labels, seed = _labels_from_config(folder, res)
-            variant = rf.stem if rf.stem != res["task"] else "-"
-            if res["task"] != rf.stem and res["task"] in rf.stem:
-                variant = rf.stem
-            labels["variant"] = "-" if variant == res["task"] else variant
+            labels["variant"] = _variant(rf.stem, table_key(res["task"]))
             entries.append(Entry(labels, seed, res, folder, order))
     if not entries:
         raise UserError(f"no finished results under {root}: run the grid (polyprune run) or evaluate runs first")
@@ -177,7 +211,7 @@ def build_tables(entries: list[Entry], baseline: str | None = None, significance
     """Group results by task; average seeds; mark best and significant cells."""
     by_task: dict[str, list[Entry]] = {}
     for e in entries:
-        by_task.setdefault(e.result["task"].split("-lrp2")[0], []).append(e)
+        by_task.setdefault(table_key(e.result["task"]), []).append(e)
     tables = []
     for task, ents in by_task.items():
         prim = ents[0].result["primary"]
@@ -194,6 +228,9 @@ def build_tables(entries: list[Entry], baseline: str | None = None, significance
             row.folders.append(e.folder)
         rows_l = sorted(rows.values(), key=lambda r: (r.order, r.label))
         table = Table(task, prim["metric"], bool(prim["higher_is_better"]), langs, rows_l)
+        for r in rows_l:  # a dense variant (e.g. LRP2) is a method of its own in tables and figures
+            if r.labels.get("variant", "-") != "-" and r.labels["method"] == "dense":
+                r.labels["method"], r.labels["variant"] = r.labels["variant"], "-"
         for r in rows_l:
             for lang in langs:
                 vals = [x["primary"]["per_lang"].get(lang) for x in r.results]
@@ -216,7 +253,7 @@ def _std(vals: list[float]) -> float | None:
 
 def _compare(a: dict, b: dict) -> dict:
     from .evaluate.significance import compare
-    return compare(a, b)
+    return compare({**a, "task": table_key(a["task"])}, {**b, "task": table_key(b["task"])})
 
 
 def _mark(table: Table, baseline: str | None, significance: bool) -> None:
@@ -236,7 +273,7 @@ def _mark(table: Table, baseline: str | None, significance: bool) -> None:
                 for v, r in vals:
                     if v == best:
                         r.bold.add(col)
-        if base is None or not significance:
+        if base is None or not significance or not all("per_example" in x for x in base.results):
             continue
         for r in rows:
             if r is base:
