@@ -106,6 +106,9 @@ def test_hash_is_stable_and_content_defined(cal_file):
     ("axes: {methods: [magnitude]}\nevaluations: [{task: perplexity, options: {bogus: 1}}]", "bogus"),
     ("axes: {methods: [magnitude]}\nexclude: [{method: wanda}]", "exclude[0]: method 'wanda' is not a value"),
     ("axes: {methods: [magnitude], seeds: [0]}\nexclude: [{seed: 0}]", "no cells"),
+    ("axes: {methods: [magnitude]}\nanalyses: [{what: nope}]", "unknown analysis 'nope'"),
+    ("axes: {methods: [magnitude]}\nanalyses: [{what: mask_iou}]", "compares several runs"),
+    ("axes: {methods: [magnitude]}\nanalyses: [{what: snr, options: {nsentence: 3}}]", "unknown option 'nsentence'"),
 ])
 def test_bad_grids_are_one_line_user_errors(tmp_path, text, needle):
     p = tmp_path / "g.yaml"
