@@ -15,10 +15,28 @@ TEXT = ("The committee met on Tuesday to discuss the budget. " * 40
         + "Le comité s'est réuni mardi pour discuter du budget. " * 40)
 
 
-def cli(*args, cwd=None):
+def cli_subprocess(*args):
+    """The installed entry point, in a fresh process."""
     env = {**os.environ, "POLYPRUNE_PROGRESS": "0"}
     return subprocess.run([sys.executable, "-m", "polyprune", *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=cwd)
+                          env=env)
+
+
+@pytest.fixture
+def cli(capsys):
+    """``polyprune.cli.main`` in-process: (returncode, stdout, stderr) like a subprocess."""
+    from polyprune.cli import main
+
+    def run(*args):
+        capsys.readouterr()
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +46,10 @@ def calfile(tmp_path_factory):
     return p
 
 
-def test_prune_writes_a_complete_run_folder(tiny_dir, calfile, tmp_path):
+def test_prune_writes_a_complete_run_folder(tiny_dir, calfile, tmp_path, cli):
     model = tiny_dir("gpt2")
     out = tmp_path / "run"
-    r = cli("prune", "--model", model, "--method", "sparsegpt", "--sparsity", "0.5", "--calibration-file", calfile,
+    r = cli_subprocess("prune", "--model", model, "--method", "sparsegpt", "--sparsity", "0.5", "--calibration-file", calfile,
             "--nsamples", "4", "--seqlen", "32", "--out", out)
     assert r.returncode == 0, r.stderr
     assert {"config.yaml", "masks.safetensors", "weights.safetensors", "record.json",
@@ -57,7 +75,7 @@ def test_prune_writes_a_complete_run_folder(tiny_dir, calfile, tmp_path):
     assert (w[~masks["transformer.h.1.mlp.c_fc.weight"]] == 0).all()
 
 
-def test_same_config_same_bytes(tiny_dir, calfile, tmp_path):
+def test_same_config_same_bytes(tiny_dir, calfile, tmp_path, cli):
     model = tiny_dir("llama")
     for run in ("a", "b"):
         r = cli("prune", "--model", model, "--method", "wanda", "--calibration-file", calfile, "--nsamples", "3",
@@ -79,7 +97,7 @@ BAD = [
 
 
 @pytest.mark.parametrize("extra,message", BAD)
-def test_bad_input_one_line_exit_2_nothing_written(extra, message, tiny_dir, calfile, tmp_path):
+def test_bad_input_one_line_exit_2_nothing_written(extra, message, tiny_dir, calfile, tmp_path, cli):
     out = tmp_path / "run"
     args = ["prune", "--model", tiny_dir("llama"), "--calibration-file", calfile, "--nsamples", "2",
             "--seqlen", "16", "--out", out]
@@ -89,7 +107,7 @@ def test_bad_input_one_line_exit_2_nothing_written(extra, message, tiny_dir, cal
     assert not out.exists() and not any(p.name.startswith(".run") for p in tmp_path.iterdir())
 
 
-def test_bad_model_and_data_inputs(tiny_dir, calfile, tmp_path):
+def test_bad_model_and_data_inputs(tiny_dir, calfile, tmp_path, cli):
     out = tmp_path / "run"
     base = ["prune", "--nsamples", "2", "--seqlen", "16", "--out", out]
     r = cli(*base, "--model", tmp_path / "missing", "--calibration-file", calfile)
@@ -122,7 +140,7 @@ def test_no_decoder_layers_and_non_finite_activations(tiny):
         pp.prune(model, torch.randint(5, 300, (2, 8)), method="wanda")
 
 
-def test_magnitude_needs_no_calibration(tiny_dir, tmp_path):
+def test_magnitude_needs_no_calibration(tiny_dir, tmp_path, cli):
     r = cli("prune", "--model", tiny_dir("opt"), "--method", "magnitude", "--pattern", "2:4", "--out", tmp_path / "m")
     assert r.returncode == 0, r.stderr
     rec = json.loads((tmp_path / "m/record.json").read_text())

@@ -27,8 +27,8 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def main() -> None:
-    """Entry point: bad input → one line on stderr, exit 2."""
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: bad input → one line on stderr, exit 2 (``argv``: arguments, default sys.argv)."""
     from . import commands  # noqa: F401  (registers sub-commands)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -39,7 +39,7 @@ def main() -> None:
     except ImportError:
         pass
     try:
-        app()
+        app(args=argv)
     except UserError as e:
         sys.stderr.write(f"error: {e}\n")
         sys.exit(2)
