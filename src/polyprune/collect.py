@@ -48,11 +48,13 @@ def _model_inputs(sample: Sample, count_pads: bool, device) -> tuple[torch.Tenso
 
 
 def capture(model: nn.Module, calibration: Calibration, count_pads: bool = False,
-            layers: nn.ModuleList | None = None) -> list[Entry]:
+            layers: nn.ModuleList | None = None, activation_dtype: torch.dtype | None = None) -> list[Entry]:
     """Layer-0 hidden states of every sample and the call arguments of every layer.
 
     Pads (attention_mask 0) are removed before the forward unless ``count_pads`` (the references'
-    behaviour: pads stay in the sequence and in the statistics)."""
+    behaviour: pads stay in the sequence and in the statistics). ``activation_dtype``: store the
+    hidden states in this dtype (e.g. bfloat16 to halve the buffers); layers still compute in theirs.
+    Decoder layers may sit on the meta device: their forward is replaced by a recorder."""
     if layers is None:
         layers = find_layers(model)[1]
     device = next(model.parameters()).device
@@ -89,7 +91,8 @@ def capture(model: nn.Module, calibration: Calibration, count_pads: bool = False
                 if any(r is None for r in recorded):
                     raise UserError(f"{type(model).__name__}: the forward did not call every decoder layer")
                 args = cache.setdefault(key, list(recorded))
-                entries.append(Entry(s, first["hidden"].detach(), args))
+                hidden = first["hidden"].detach()
+                entries.append(Entry(s, hidden if activation_dtype is None else hidden.to(activation_dtype), args))
     finally:
         for layer in layers:
             layer.__dict__.pop("forward", None)
@@ -99,9 +102,13 @@ def capture(model: nn.Module, calibration: Calibration, count_pads: bool = False
 
 
 def run_layer(layer: nn.Module, entry: Entry, index: int) -> torch.Tensor:
+    """The layer's output for one entry, in the entry's storage dtype (the layer computes in its own)."""
     args, kwargs = entry.layer_args[index]
-    out = layer(entry.hidden, *args, **kwargs)
-    return out[0] if isinstance(out, (tuple, list)) else out
+    hidden = entry.hidden
+    dtype = next(layer.parameters()).dtype
+    out = layer(hidden if hidden.dtype == dtype else hidden.to(dtype), *args, **kwargs)
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    return out if out.dtype == hidden.dtype else out.to(hidden.dtype)
 
 
 def collect_layer_stats(layer: nn.Module, entries: list[Entry], index: int, kinds: frozenset,
@@ -152,19 +159,25 @@ def propagate(layer: nn.Module, entries: list[Entry], index: int) -> None:
 def walk(model: nn.Module, calibration: Calibration | None, kinds: frozenset, sets: tuple[str, ...] | None,
          on_layer: Callable[[int, nn.Module, dict[str, SetStats] | None], None], *, sequential: bool = True,
          count_pads: bool = False, timer: Timer | None = None, skip_stats: Callable[[int], bool] = lambda i: False,
-         description: str = "layers") -> None:
+         description: str = "layers", before_layer: Callable[[int, nn.Module], None] | None = None,
+         after_layer: Callable[[int, nn.Module], None] | None = None,
+         activation_dtype: torch.dtype | None = None) -> None:
     """Walk decoder layers in order. For each layer: statistics from the current inputs (if
     ``kinds``), ``on_layer(i, layer, stats)`` (which may prune it), then the layer's outputs feed
-    the next layer: recomputed after ``on_layer`` when ``sequential``, else the dense outputs."""
+    the next layer: recomputed after ``on_layer`` when ``sequential``, else the dense outputs.
+    ``before_layer`` / ``after_layer`` (i, layer) run first / last for each layer (streaming loads
+    and frees layer weights there); ``activation_dtype`` is the storage dtype of hidden states."""
     timer = timer or Timer()
     path, layers = find_layers(model)
     need_data = bool(kinds) and calibration is not None
     entries: list[Entry] = []
     if need_data:
         with timer("capture"):
-            entries = capture(model, calibration, count_pads, layers)
+            entries = capture(model, calibration, count_pads, layers, activation_dtype)
     for i in track(range(len(layers)), description, total=len(layers)):
         layer = layers[i]
+        if before_layer is not None:
+            before_layer(i, layer)
         stats = None
         if need_data and not skip_stats(i):
             with timer("statistics"):
@@ -178,3 +191,5 @@ def walk(model: nn.Module, calibration: Calibration | None, kinds: frozenset, se
         if need_data and i < len(layers) - 1 and not dense_outputs_taken:
             with timer("propagate"):
                 propagate(layer, entries, i)
+        if after_layer is not None:
+            after_layer(i, layer)

@@ -54,6 +54,9 @@ class RunConfig(Strict):
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     keep_stats: bool | list[str] = False
     save_model: bool = False
+    offload: bool = False  # stream decoder layers from the safetensors checkpoint (polyprune.stream)
+    max_memory: str | None = None  # stream when the model would not fit, e.g. "4GB"
+    activation_dtype: str | None = None  # storage dtype of hidden states between layers, e.g. bfloat16
 
 
 def validate_config(data: dict, what: str = "config") -> RunConfig:

@@ -60,6 +60,13 @@ def run_prune(cfg: RunConfig, out: str | Path, force: bool = False) -> Path:
     from .prune import prune
     out = Path(out)
     get_method(cfg.method)  # fail fast on bad input, before loading anything
+    from .stream import run_prune_streaming, should_stream
+    if should_stream(cfg.offload, cfg.max_memory, cfg.model, cfg.dtype):
+        return run_prune_streaming(cfg, out, force)
+    act = None
+    if cfg.activation_dtype:
+        from .model import resolve_dtype
+        act = resolve_dtype(cfg.activation_dtype, None)
     with staged_dir(out, force) as tmp:
         model, tok = load_model(cfg.model, cfg.dtype, cfg.device)
         cal = calibration_from_config(cfg.calibration, tok, cfg.seed, cfg.method,
@@ -68,7 +75,8 @@ def run_prune(cfg: RunConfig, out: str | Path, force: bool = False) -> Path:
                       sequential=cfg.sequential, count_pads=cfg.count_pads,
                       keep_dense_layers=cfg.keep_dense_layers or None, keep_stats=cfg.keep_stats,
                       allocation=cfg.allocation, allocation_options=cfg.allocation_options,
-                      refine=cfg.refine, refine_options=cfg.refine_options, **cfg.method_options)
+                      refine=cfg.refine, refine_options=cfg.refine_options, activation_dtype=act,
+                      **cfg.method_options)
         write_run(tmp, cfg, masks, cal, tok, model)
     log.info("run written to %s (achieved sparsity %.4f)", out, masks.record["achieved_sparsity"])
     return out

@@ -29,6 +29,7 @@ class Masks(dict):
         self.stats: dict[str, Any] = {}
         self.record: dict[str, Any] = {}
         self.permutations: dict[str, torch.Tensor] = {}  # input-channel permutations (e.g. RIA N:M)
+        self.info: dict[str, dict] = {}  # MethodResult.info per matrix (e.g. GPTQ scales / zero points)
 
 
 def normalise_layer_list(keep: Sequence[int] | str | None, n_layers: int) -> set[int]:
@@ -50,7 +51,7 @@ def prune(model: nn.Module, calibration: Any = None, method: str = "wanda", spar
           keep_dense_layers: Sequence[int] | str | None = None, layer_sparsity: Sequence[float] | None = None,
           keep_stats: Sequence[str] | bool = False, allocation: str | None = None,
           allocation_options: dict | None = None, refine: str | None = None, refine_options: dict | None = None,
-          **method_options) -> Masks:
+          layer_io: Any = None, activation_dtype: torch.dtype | None = None, **method_options) -> Masks:
     """Prune ``model`` in place, layer by layer, and return its masks.
 
     ``calibration``: LongTensor [n, L], list of dicts {input_ids, attention_mask}, or a Calibration
@@ -61,7 +62,10 @@ def prune(model: nn.Module, calibration: Any = None, method: str = "wanda", spar
     ``layer_sparsity``: one target per decoder layer (overrides ``sparsity``). ``allocation``: a
     registered layer-wise sparsity allocation (e.g. ``owl``). ``keep_stats``: True or a list of
     statistics kinds to keep (returned in ``masks.stats``). ``refine``: a registered mask refinement
-    applied to every matrix after the method (e.g. ``dsnot``), with ``refine_options``."""
+    applied to every matrix after the method (e.g. ``dsnot``), with ``refine_options``.
+    ``layer_io``: an object with ``load(i, layer)`` / ``release(i, layer, masks)`` called around
+    each decoder layer (streaming from disk, see ``polyprune.stream``); ``activation_dtype``: storage
+    dtype of the hidden states between layers (statistics stay fp32)."""
     t_start = time.perf_counter()
     meth = get_method(method)
     check_options(meth, method_options)
@@ -138,6 +142,8 @@ def prune(model: nn.Module, calibration: Any = None, method: str = "wanda", spar
                 res = ref.fn(W, st, Spec(targets[i], layer_pats[i], {**(refine_options or {})}, full, seed),
                              res.kept.to(torch.bool))
                 res.info = {**info, **res.info}
+            if res.info:
+                masks.info[full] = res.info
             if "permutation" in res.info:
                 masks.permutations[full] = torch.as_tensor(res.info["permutation"], dtype=torch.long).cpu()
             kept = res.kept.to(torch.bool)
@@ -150,7 +156,10 @@ def prune(model: nn.Module, calibration: Any = None, method: str = "wanda", spar
                 masks.weights[full] = to_stored(mod, res.weight.to(mod.weight.dtype)).cpu()
 
     walk(model, cal, kinds, sets, on_layer, sequential=sequential, count_pads=count_pads, timer=timer,
-         skip_stats=lambda i: i in keep and not extra, description=f"{method} {pat if pat.structured else sparsity}")
+         skip_stats=lambda i: i in keep and not extra, description=f"{method} {pat if pat.structured else sparsity}",
+         before_layer=None if layer_io is None else layer_io.load,
+         after_layer=None if layer_io is None else (lambda i, layer: layer_io.release(i, layer, masks)),
+         activation_dtype=activation_dtype)
     rep = sparsity_report(masks)
     masks.record = {
         "method": method, "sparsity_target": sparsity, "pattern": str(pat), "achieved_sparsity": rep["overall"],

@@ -96,6 +96,10 @@ def write_run(folder: Path, cfg: RunConfig, masks, calibration=None, tokenizer=N
     if perms:  # mask[:, perm] is N:M; apply x[..., perm] with W[:, perm] at inference
         save_file({k: v.to(torch.long).contiguous() for k, v in sorted(perms.items())},
                   str(folder / "permutations.safetensors"), metadata={"format": "polyprune-input-permutations"})
+    info = {k: v for k, v in (getattr(masks, "info", {}) or {}).items() if k in masks}
+    if info:  # per-matrix method info with tensors (e.g. GPTQ scales / zero points) for exporters
+        from .formats import save_method_info
+        save_method_info(info, folder / "info.safetensors")
     stats = getattr(masks, "stats", {}) or {}
     if stats:
         flat = {f"{p}::{s}::{k}": t.contiguous() for p, per in stats.items() for s, d in per.items()

@@ -61,6 +61,9 @@ def prune(
     refine_option: Optional[list[str]] = typer.Option(None, "--refine-option", help="Refinement option key=value (repeatable)."),
     keep_stats: bool = typer.Option(False, "--keep-stats", help="Keep input statistics (for analyses)."),
     save_model: bool = typer.Option(False, "--save-model", help="Also save the pruned model (save_pretrained)."),
+    offload: bool = typer.Option(False, "--offload", help="Stream layers from disk; the pruned model goes to OUT/model."),
+    max_memory: Optional[str] = typer.Option(None, "--max-memory", help="Stream when the model exceeds this, e.g. 4GB."),
+    activation_dtype: Optional[str] = typer.Option(None, "--activation-dtype", help="Hidden-state buffers: bfloat16, float16 (stats stay fp32)."),
     out: Path = typer.Option(..., "--out", help="Run folder to create."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out."),
 ) -> None:
@@ -75,6 +78,7 @@ def prune(
         "allocation_options": parse_options(allocation_option or []),
         "refine": refine, "refine_options": parse_options(refine_option or []),
         "keep_stats": keep_stats, "save_model": save_model,
+        "offload": offload, "max_memory": max_memory, "activation_dtype": activation_dtype,
         "calibration": {"recipe": calibration, "file": str(calibration_file) if calibration_file else None,
                         "langs": split_langs(lang), "target_lang": target_lang, "nsamples": nsamples,
                         "seqlen": seqlen, "k": k, "contrast": contrast, "contrast_lang": contrast_lang,
