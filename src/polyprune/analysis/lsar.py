@@ -103,20 +103,23 @@ def run_lsar(runs, opts, out) -> dict:
 def _plot_lsar(out, runs, langs, rows, n_layers) -> None:
     from .common import heatmap, integer_xaxis, lang_name, plt as _plt
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharex=True)
     for r in runs:
-        for a, key, name in ((axes[0], "delta_agnostic", "language-agnostic"),
-                             (axes[1], "delta_specific", "language-specific")):
-            ys = [sum(x[key] for x in rows if x["run"] == r.key and x["layer"] == li) / len(langs)
-                  for li in range(n_layers)]
-            a.plot(range(n_layers), ys, marker="o", ms=2.5, label=r.label)
-            a.set_title(f"Δ {name} component")
-    for a in axes:
-        a.set_xlabel("decoder layer")
-        a.set_ylabel("mean ‖dense − pruned‖₂ per sentence")
+        for col, name in ((0, "agnostic"), (1, "specific")):
+            for row, key, what in ((0, f"delta_{name}", "mean ‖dense − pruned‖₂ per sentence"),
+                                   (1, f"rel_delta_{name}", "relative to the dense component's norm")):
+                a = axes[row, col]
+                ys = [sum(x[key] for x in rows if x["run"] == r.key and x["layer"] == li) / len(langs)
+                      for li in range(n_layers)]
+                a.plot(range(n_layers), ys, marker="o", ms=2.5, label=r.label)
+                a.set_ylabel(what)
+            axes[0, col].set_title(f"Δ language-{name} component")
+    for a in axes.flat:
         a.grid(alpha=0.3)
         integer_xaxis(a)
-    axes[1].legend(title="calibration", fontsize=7, title_fontsize=8)
+    for a in axes[1]:
+        a.set_xlabel("decoder layer")
+    axes[0, 1].legend(title="calibration", fontsize=7, title_fontsize=8)
     fig.suptitle(f"LSAR: change of sentence-embedding components by pruning (mean over "
                  f"{', '.join(lang_name(x) for x in langs)})")
     fig.tight_layout()
