@@ -103,8 +103,10 @@ def test_values_seeds_bold_and_significance(runs):
     assert dense.marks == {}
     # best per column (higher is better) is bold
     assert "eng_Latn" in eng.bold and "fra_Latn" in fra.bold and "avg" in fra.bold and not mag.bold
-    p = tables["perplexity"]  # lower is better: dense is best everywhere
-    assert _rows(p)["m · dense"].bold == {"eng_Latn", "fra_Latn", "avg"}
+    assert not dense.bold  # the baseline is not a contender
+    p = tables["perplexity"]  # lower is better
+    assert _rows(p)["m · wanda · 0.5 · eng"].bold == {"eng_Latn"}
+    assert _rows(p)["m · wanda · 0.5 · fra"].bold == {"fra_Latn", "avg"} and not _rows(p)["m · dense"].bold
     assert _rows(p)["m · magnitude · 0.5"].values["avg"] == pytest.approx(145.0)
 
 

@@ -1,7 +1,8 @@
 """Paper-style reports from evaluated cells: tables (CSV, Markdown, LaTeX) and figures.
 
 One table per task: rows = model × method × sparsity × calibration (seeds averaged), columns =
-evaluation languages + average; per model, the best value of each column is bold and ``†`` marks
+evaluation languages + average; per model, the best value of each column among the rows compared
+with the baseline is bold and ``†`` marks
 a value significantly different from the model's baseline (the dense cell, or ``baseline=``) at
 p < 0.1 by the evaluation suite's paired bootstrap (with several seeds: significant in every seed).
 Figures: per-language bars of the primary metric against the calibration, and heatmaps of
@@ -266,8 +267,9 @@ def _mark(table: Table, baseline: str | None, significance: bool) -> None:
                             f"use one of {', '.join(r.label for r in rows)}")
         if base is not None:
             base.is_baseline = True
-        for col in table.columns:  # best per column within the model
-            vals = [(r.values.get(col), r) for r in rows if r.values.get(col) is not None]
+        contenders = [r for r in rows if r is not base] or rows
+        for col in table.columns:  # best per column among the model's compared rows
+            vals = [(r.values.get(col), r) for r in contenders if r.values.get(col) is not None]
             if vals:
                 best = (max if table.higher_is_better else min)(v for v, _ in vals)
                 for v, r in vals:
@@ -334,7 +336,7 @@ def table_csv(table: Table) -> str:
 def _caption(table: Table) -> str:
     arrow = "higher is better" if table.higher_is_better else "lower is better"
     return (f"{table.task}: {table.metric} ({arrow}) per evaluation language{_seeds_note(table)}. Bold: best per "
-            f"column within a model; {DAGGER}: p < 0.1 against the model's baseline (paired bootstrap).")
+            f"column among a model's rows other than its baseline; {DAGGER}: p < 0.1 against the model's baseline (paired bootstrap).")
 
 
 def table_markdown(table: Table) -> str:
@@ -392,7 +394,7 @@ def table_rich(table: Table, title: str | None = None):
     from rich.table import Table as RTable
     cols = _label_columns(table)
     t = RTable(title=title or f"{table.task} · {table.metric} ({'↑' if table.higher_is_better else '↓'})",
-               caption=f"bold = best per column; {DAGGER} p < 0.1 vs baseline")
+               caption=f"bold = best per column (baseline excluded); {DAGGER} p < 0.1 vs baseline")
     for c in cols:
         t.add_column(c.capitalize())
     for c in table.columns:
@@ -466,6 +468,7 @@ def figure_bars(table: Table, model: str, folder: Path) -> list[Path]:
         ax.set_xticks(range(len(cals)))
         ax.set_xticklabels(cals, rotation=45, ha="right", fontsize=8)
         ax.set_title("average" if col == "avg" else col, fontsize=10)
+        ax.set_xlabel("calibration", fontsize=8)
         ax.set_ylabel(table.metric, fontsize=8)
         if not table.higher_is_better and table.metric == "ppl":
             ax.set_yscale("log")
@@ -488,7 +491,7 @@ def figure_heatmap(table: Table, model: str, folder: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-    from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.colors import Normalize, TwoSlopeNorm
     rows = [r for r in table.rows if r.labels["model"] == model]
     base = next((r for r in rows if r.is_baseline), None)
     panels = [(k, g) for k, g in _groups([r for r in rows if r is not base]).items() if len(g) >= 2]
@@ -511,14 +514,19 @@ def figure_heatmap(table: Table, model: str, folder: Path) -> list[Path]:
                 m[i, j] = sign * (v - ref) / abs(ref) * 100 if ref else np.nan
         mats.append(m)
     allv = np.concatenate([m[~np.isnan(m)] for m in mats]) if mats else np.array([0.0])
-    lo, hi = float(min(allv.min(), -1e-6)), float(max(allv.max(), 1e-6))
-    norm = TwoSlopeNorm(vmin=lo, vcenter=0.0, vmax=hi)
+    lo, hi = float(min(allv.min(), 0.0)), float(max(allv.max(), 0.0))
+    if lo < 0 < hi:  # better and worse cells: diverging around "no change"
+        cmap, norm = "RdBu", TwoSlopeNorm(vmin=lo, vcenter=0.0, vmax=hi)
+    elif hi > 0:  # every cell better
+        cmap, norm = "Blues", Normalize(vmin=0.0, vmax=hi)
+    else:  # every cell worse (or equal)
+        cmap, norm = "Reds_r", Normalize(vmin=min(lo, -1e-9), vmax=0.0)
     h = sum(len(g) for _, g in panels)
     fig, axes = plt.subplots(len(panels), 1, figsize=(1.1 * len(cols) + 3.2, 0.48 * h + 1.3 * len(panels) + 0.6),
                              squeeze=False, gridspec_kw={"height_ratios": [len(g) for _, g in panels]})
     im = None
     for ax, (gkey, grows), m in zip(axes[:, 0], panels, mats):
-        im = ax.imshow(m, cmap="RdBu", norm=norm, aspect="auto")
+        im = ax.imshow(m, cmap=cmap, norm=norm, aspect="auto")
         for i, r in enumerate(grows):
             for j, c in enumerate(cols):
                 v = r.values.get(c)
