@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from polyprune.demo import DEMO_LANGS, demo_grid, find_data_dir, run_demo
+from polyprune.demo import DEMO_EVAL_LINES, DEMO_LANGS, demo_grid, find_data_dir, run_demo
 from polyprune.errors import UserError
 from polyprune.grid import grid_from_dict
 
@@ -35,7 +35,7 @@ def test_demo_grid_cells():
     assert w.config["calibration"]["recipe"] == "text" and w.config["calibration"]["langs"] == ["swh_Latn"]
     assert w.config["sparsity"] == 0.5
     assert all(c.evaluations == [{"name": "perplexity", "task": "perplexity", "langs": list(DEMO_LANGS),
-                                  "limit": 40, "options": {}, "cells": "all"}] for c in g.cells)
+                                  "limit": DEMO_EVAL_LINES, "options": {}, "cells": "all"}] for c in g.cells)
 
 
 def test_demo_end_to_end_on_a_tiny_model(tmp_path, tiny_dir, data_dir):
