@@ -103,7 +103,7 @@ def run_restoration(runs, opts, out) -> dict:
 def _plot(out, runs, langs, rows, sets, dense) -> None:
     from .common import heatmap, integer_xaxis, lang_name, plt as _plt
     plt = _plt()
-    singles = [(n, ls) for n, ls in sets if len(ls) == 1]
+    singles = sorted(((n, ls) for n, ls in sets if len(ls) == 1), key=lambda x: x[1][0])
     multis = [(n, ls) for n, ls in sets if not n.startswith("layer ")]
     for r in runs:
         fig, axes = plt.subplots(1, 2, figsize=(13, 4.3), gridspec_kw={"width_ratios": [3, 2]})
@@ -118,7 +118,8 @@ def _plot(out, runs, langs, rows, sets, dense) -> None:
         axes[0].set_title("Restoring one layer")
         axes[0].grid(alpha=0.3)
         integer_xaxis(axes[0])
-        axes[0].legend(fontsize=7, title="evaluation language (ppl)", title_fontsize=7)
+        axes[0].legend(fontsize=7, title="evaluation language (ppl)", title_fontsize=7, loc="upper center",
+                       bbox_to_anchor=(0.5, -0.17), ncol=2)
         if multis:
             val = {(x["restored"], x["lang"]): x["rel_change"] * 100 for x in rows if x["run"] == r.key}
             vals = [[val[(n, lang)] for lang in langs] for n, _ in multis]
