@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-DATA = Path(os.environ.get("POLYPRUNE_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+from _common import DATA, peak_rss, run_child
 
 
 def prepare(folder: Path, nsamples: int, seqlen: int, eval_windows: int, out: Path) -> str:
@@ -69,19 +69,6 @@ def perplexity(model, ev) -> float:
     return math.exp(nll / n)
 
 
-def peak_rss() -> int:
-    """This process's peak RSS: VmHWM (per address space, reset by exec; ``ru_maxrss`` would carry the
-    parent's peak over fork + exec), else ``ru_maxrss``."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def child(args) -> None:
     import torch
     from transformers import AutoModelForCausalLM
@@ -113,14 +100,9 @@ def child(args) -> None:
                       "ppl": perplexity(model, data["eval"])}))
 
 
-def run_child(python: str, impl: str, method: str, folder: Path, data: Path) -> dict:
-    env = {**os.environ, "POLYPRUNE_PROGRESS": "0", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1"}
+def peer_child(python: str, impl: str, method: str, folder: Path, data: Path) -> dict:
     cmd = [python, __file__, "--child", "--impl", impl, "--method", method, "--dir", str(folder), "--data", str(data)]
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tempfile.gettempdir())
-    if res.returncode:
-        return {"error": res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit {res.returncode}"}
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return run_child(cmd, f"{impl} {method}", strict=False, cwd=tempfile.gettempdir())  # peers may write files
 
 
 def main() -> None:
@@ -151,8 +133,8 @@ def main() -> None:
         source = prepare(folder, args.nsamples, args.seqlen, args.eval_windows, data)
         rows = []
         for method in args.methods.split(","):
-            ours = run_child(sys.executable, "ours", method, folder, data)
-            peer = run_child(args.peer_python, "peer", method, folder, data) if peer_ok else {"error": "not installed"}
+            ours = peer_child(sys.executable, "ours", method, folder, data)
+            peer = peer_child(args.peer_python, "peer", method, folder, data) if peer_ok else {"error": "not installed"}
             rows.append((method, ours, peer))
             print(method, "ours", ours, "llm-compressor", peer, flush=True)
     print(f"\n{args.model}, {args.nsamples}×{args.seqlen} tokens ({source}), 50 % unstructured, "

@@ -12,9 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
+
+from _common import run_child
 
 
 def calibration(tok, nsamples, seqlen, data_dir):
@@ -71,14 +72,10 @@ def main() -> None:
     if a.child:
         print(json.dumps(child(a.child, a.nsamples, a.seqlen, a.data_dir)))
         return
-    env = {**os.environ, "POLYPRUNE_PROGRESS": "0", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
     res = {}
     for m in ["dense", *a.methods.split(",")]:
-        r = subprocess.run([sys.executable, __file__, "--child", m, "--nsamples", str(a.nsamples), "--seqlen",
-                            str(a.seqlen), "--data-dir", a.data_dir], capture_output=True, text=True, env=env)
-        if r.returncode:
-            sys.exit(f"{m} failed:\n{r.stderr[-2000:]}")
-        res[m] = json.loads(r.stdout.strip().splitlines()[-1])
+        res[m] = run_child([sys.executable, __file__, "--child", m, "--nsamples", str(a.nsamples), "--seqlen",
+                            str(a.seqlen), "--data-dir", a.data_dir], m)
     d = res["dense"]
     size = d["model_bytes"]
     print(f"embedded Gemma-3-270M, {a.nsamples} x {a.seqlen} calibration tokens, 50% unstructured, "

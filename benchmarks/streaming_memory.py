@@ -12,14 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-CACHE = Path(os.environ.get("POLYPRUNE_CACHE", Path.home() / ".cache" / "polyprune"))
-DATA = Path(os.environ.get("POLYPRUNE_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+from _common import CACHE, DATA, peak_rss, run_child
 
 
 def smollm2_dir() -> Path:
@@ -68,19 +66,6 @@ def calibration(folder: Path, nsamples: int, seqlen: int):
     return torch.randint(3, len(tok), (nsamples, seqlen), generator=g), tok, "random tokens"
 
 
-def peak_rss() -> int:
-    """This process's peak RSS: VmHWM (per address space, reset by exec; ``ru_maxrss`` would carry the
-    parent's peak over fork + exec), else ``ru_maxrss``."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def child(args) -> None:
     import torch
     import polyprune as pp
@@ -122,17 +107,13 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         return child(args)
-    env = {**os.environ, "POLYPRUNE_PROGRESS": "0", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     rows = []
     for name in args.models.split(","):
         folder = model_dir(name)
         for mode in args.modes.split(","):
             cmd = [sys.executable, __file__, "--child", "--mode", mode, "--dir", str(folder), "--method", args.method,
                    "--nsamples", str(args.nsamples), "--seqlen", str(args.seqlen)] + (["--tmp", args.tmp] if args.tmp else [])
-            res = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            if res.returncode:
-                raise SystemExit(f"{name} {mode} failed:\n{res.stderr[-3000:]}")
-            r = json.loads(res.stdout.strip().splitlines()[-1])
+            r = run_child(cmd, f"{name} {mode}")
             rows.append((name, mode, r))
             print(f"{name:9s} {mode:12s} peak {r['peak'] / 2**20:7.0f} MiB  peak/fp32 {r['peak'] / r['fp32']:.3f}  "
                   f"(peak−imports)/fp32 {(r['peak'] - r['base']) / r['fp32']:.3f}  {r['seconds']:6.0f} s  "

@@ -270,3 +270,25 @@ def test_empty_code_corpus_from_config(tokenizer, tmp_path):
     cc = CalibrationConfig(recipe="code", nsamples=2, seqlen=8, options={"code_dir": str(empty)})
     with pytest.raises(UserError, match="code corpus is empty"):
         calibration_from_config(cc, tokenizer, 0, "wanda")
+
+
+def test_hub_streaming_limits_and_errors(monkeypatch):
+    """Hub text/code sources: stop at the document / character limit; a missing field names its option."""
+    import datasets
+
+    from polyprune.data.code import load_code
+    from polyprune.data.hub import stream_field
+    from polyprune.errors import UserError
+    recs = [{"text": "abcd", "content": f"x = {i}\n"} for i in range(10)]
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: iter(recs))
+    assert stream_field("d", None, "train", "text", max_chars=10) == ["abcd"] * 3
+    assert load_code(code_dataset="d", max_files=4).read("3") == "x = 3\n"
+    with pytest.raises(UserError, match="set option code_field"):
+        load_code(code_dataset="d", code_field="body")
+
+    def offline(*a, **k):
+        raise ConnectionError("offline")
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(UserError, match="ConnectionError.*text_file"):
+        from polyprune.data.text import read_hub_text
+        read_hub_text("d", None, "train", "text", 0, 100)

@@ -3,7 +3,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -145,3 +144,20 @@ def test_magnitude_needs_no_calibration(tiny_dir, tmp_path, cli):
     assert r.returncode == 0, r.stderr
     rec = json.loads((tmp_path / "m/record.json").read_text())
     assert rec["achieved_sparsity"] == 0.5 and rec["calibration"] is None
+
+
+def test_calibration_errors_come_before_the_weights_load(tiny_dir, tmp_path, cli, monkeypatch):
+    """A bad calibration (unknown language / no local data) fails before any weight is read."""
+    import transformers
+    calls = []
+    real = transformers.AutoModelForCausalLM.from_pretrained
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
+                        lambda *a, **k: calls.append(a) or real(*a, **k))
+    out = tmp_path / "run"
+    base = ["prune", "--model", tiny_dir("llama"), "--nsamples", "2", "--seqlen", "16", "--out", out,
+            "--data-dir", tmp_path]
+    r = cli(*base, "--calibration", "text", "--lang", "klingon")
+    assert r.returncode == 2 and "klingon" in r.stderr, r.stderr
+    r = cli(*base, "--calibration", "text", "--lang", "fra_Latn")
+    assert r.returncode == 2 and "fra_Latn" in r.stderr, r.stderr
+    assert calls == [] and not out.exists()

@@ -6,7 +6,6 @@ import torch
 
 import polyprune as pp
 from polyprune.errors import UserError
-from polyprune.masks import Pattern
 from polyprune.methods import Spec, get_refiner
 from polyprune.methods.dsnot import dsnot_refine, expected_error
 from polyprune.stats import ModuleStats, SetStats

@@ -4,7 +4,6 @@ import json
 import pytest
 import torch
 
-import polyprune as pp
 from polyprune.errors import UserError
 from polyprune.formats import bitmask_compress, bitmask_decompress, decompress, export_compressed, sparse24_compress
 from polyprune.run import load_run_or_model

@@ -1,6 +1,5 @@
 """Streaming layers from a safetensors checkpoint gives the in-memory results bit for bit."""
 import json
-from pathlib import Path
 
 import pytest
 import torch

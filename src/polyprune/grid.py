@@ -48,12 +48,13 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import UserError
+from .run import swap_in, write_json
 
 log = logging.getLogger(__name__)
 
@@ -328,7 +329,7 @@ def grid_from_dict(data: dict, where: str = "grid", data_dir: str | None = None,
 def expand(spec: GridSpec, where: str = "grid", data_dir: str | None = None,
            check_registries: bool = True) -> list[Cell]:
     """All cells of a grid, in a stable order (dense baselines first), duplicates removed."""
-    from .config import CalibrationConfig, RunConfig, validate_config
+    from .config import CalibrationConfig, validate_config
     from .methods import check_options, get_method
 
     for axis in AXES:
@@ -532,30 +533,14 @@ def clean_stale(folder: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def _swap_in(tmp: Path, folder: Path) -> None:
-    """Atomically make ``tmp`` the content of ``folder`` (replacing an unfinished one)."""
-    if folder.exists():
-        old = folder.with_name(f".{folder.name}.old-{os.getpid()}-{time.time_ns()}")
-        os.replace(folder, old)
-        os.replace(tmp, folder)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, folder)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    from .run import write_json
-    write_json(path, data)
-
-
 def record_failure(cell: Cell, out: Path, error: str, tb: str = "") -> None:
     """Leave ``cell.json`` + ``error.json`` (no DONE) in the cell's folder."""
     folder = Path(out) / cell.dirname
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=str(out)))
-    _write_json(tmp / "cell.json", cell.to_json())
-    _write_json(tmp / "error.json", {"error": error, "traceback": tb, "host": socket.gethostname(),
+    write_json(tmp / "cell.json", cell.to_json())
+    write_json(tmp / "error.json", {"error": error, "traceback": tb, "host": socket.gethostname(),
                                      "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    _swap_in(tmp, folder)
+    swap_in(tmp, folder)
 
 
 class ModelCache:
@@ -615,7 +600,7 @@ def _do_cell(cell: Cell, tmp: Path, cache: ModelCache, data_dir: str | None) -> 
             write_run(tmp, cfg, masks, cal, tok, model)
         for ev in cell.evaluations:
             res = _evaluate(model, tok, ev, data_dir)
-            _write_json(tmp / "results" / f"{ev['name']}.json", res)
+            write_json(tmp / "results" / f"{ev['name']}.json", res)
     finally:
         cache.restore()
     if cell.kind != DENSE:
@@ -637,12 +622,12 @@ def execute_cell(cell: Cell, out: str | Path, cache: ModelCache | None = None,
     t0 = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=str(out)))
     try:
-        _write_json(tmp / "cell.json", cell.to_json())
+        write_json(tmp / "cell.json", cell.to_json())
         _do_cell(cell, tmp, cache, data_dir)
         secs = time.perf_counter() - t0
-        _write_json(tmp / "DONE", {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": secs,
+        write_json(tmp / "DONE", {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": secs,
                                    "host": socket.gethostname(), "pid": os.getpid()})
-        _swap_in(tmp, folder)
+        swap_in(tmp, folder)
         return {"status": "done", "seconds": secs, "error": None}
     except (KeyboardInterrupt, SystemExit):
         shutil.rmtree(tmp, ignore_errors=True)
@@ -796,7 +781,7 @@ def prepare_out(grid: Grid, out: Path) -> None:
     fp = grid.fingerprint()
     fp["spec"] = grid.spec.model_dump(mode="json")
     fp["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    _write_json(gj, fp)
+    write_json(gj, fp)
 
 
 def run_grid(grid: Grid, out: str | Path, *, workers: int = 1, ray: str | None = None,

@@ -49,9 +49,22 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
-def load_model(name: str, dtype: str | torch.dtype | None = None, device: str | None = None):
-    """Returns (model, tokenizer): ``AutoModelForCausalLM`` in eval mode, no grad."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+def load_tokenizer(name: str):
+    """The model's tokenizer, or ``None`` (with a warning) when it has none."""
+    from transformers import AutoTokenizer
+    path = resolve_model_path(name)
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, TypeError) as e:
+        log.warning("no tokenizer for %s (%s)", name, str(e).splitlines()[0])
+        return None
+
+
+def load_model(name: str, dtype: str | torch.dtype | None = None, device: str | None = None,
+               tokenizer=False):
+    """Returns (model, tokenizer): ``AutoModelForCausalLM`` in eval mode, no grad. Pass an already
+    loaded ``tokenizer`` (or ``None``) to skip loading it again."""
+    from transformers import AutoConfig, AutoModelForCausalLM
     path = resolve_model_path(name)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
@@ -68,11 +81,7 @@ def load_model(name: str, dtype: str | torch.dtype | None = None, device: str | 
         raise UserError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from None
     model.to(dev).eval()
     model.requires_grad_(False)
-    try:
-        tok = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError, TypeError) as e:
-        log.warning("no tokenizer for %s (%s)", name, str(e).splitlines()[0])
-        tok = None
+    tok = load_tokenizer(name) if tokenizer is False else tokenizer
     model.polyprune_source = name
     return model, tok
 

@@ -56,7 +56,7 @@ def calibration_from_config(cc: CalibrationConfig, tokenizer, seed: int, method:
 
 def run_prune(cfg: RunConfig, out: str | Path, force: bool = False) -> Path:
     """Load the model, build the calibration, prune, write the run folder atomically."""
-    from .model import load_model
+    from .model import load_model, load_tokenizer
     from .prune import prune
     out = Path(out)
     get_method(cfg.method)  # fail fast on bad input, before loading anything
@@ -68,9 +68,11 @@ def run_prune(cfg: RunConfig, out: str | Path, force: bool = False) -> Path:
         from .model import resolve_dtype
         act = resolve_dtype(cfg.activation_dtype, None)
     with staged_dir(out, force) as tmp:
-        model, tok = load_model(cfg.model, cfg.dtype, cfg.device)
+        # calibration first: its bad input (unknown language, missing file) fails before the weights load
+        tok = load_tokenizer(cfg.model)
         cal = calibration_from_config(cfg.calibration, tok, cfg.seed, cfg.method,
                                       needs_data=cfg.allocation not in (None, "", "uniform"))
+        model, tok = load_model(cfg.model, cfg.dtype, cfg.device, tokenizer=tok)
         masks = prune(model, cal, cfg.method, cfg.sparsity, cfg.pattern, seed=cfg.seed,
                       sequential=cfg.sequential, count_pads=cfg.count_pads,
                       keep_dense_layers=cfg.keep_dense_layers or None, keep_stats=cfg.keep_stats,

@@ -70,13 +70,18 @@ def staged_dir(out: Path, force: bool = False):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
+    swap_in(tmp, out)
+
+
+def swap_in(tmp: Path, folder: Path) -> None:
+    """Make the finished folder ``tmp`` the content of ``folder`` by renames (replacing an old one)."""
+    if folder.exists():
+        old = folder.with_name(f".{folder.name}.old-{os.getpid()}-{time.time_ns()}")
+        os.replace(folder, old)
+        os.replace(tmp, folder)
         shutil.rmtree(old, ignore_errors=True)
     else:
-        os.replace(tmp, out)
+        os.replace(tmp, folder)
 
 
 def write_run(folder: Path, cfg: RunConfig, masks, calibration=None, tokenizer=None, model=None) -> None:

@@ -515,7 +515,7 @@ def run_prune_streaming(cfg, out: str | Path, force: bool = False) -> Path:
     """:func:`polyprune.pipeline.run_prune` without materialising the model: a run folder with the
     usual files plus the pruned checkpoint in ``model/``."""
     import yaml
-    from transformers import AutoTokenizer
+    from .model import load_tokenizer
     from .pipeline import calibration_from_config
     from .run import staged_dir, versions, write_json
     out = Path(out)
@@ -525,11 +525,7 @@ def run_prune_streaming(cfg, out: str | Path, force: bool = False) -> Path:
     Checkpoint(src)  # bad input before anything is written
     check_target(out, 0)
     with staged_dir(out, force) as tmp:
-        try:
-            tok = AutoTokenizer.from_pretrained(src)
-        except (OSError, ValueError, TypeError) as e:
-            log.warning("no tokenizer for %s (%s)", cfg.model, str(e).splitlines()[0])
-            tok = None
+        tok = load_tokenizer(str(src))
         cal = calibration_from_config(cfg.calibration, tok, cfg.seed, cfg.method)
         rec = stream_prune(src, cal, tmp, cfg.method, cfg.sparsity, cfg.pattern, dtype=cfg.dtype,
                            activation_dtype=getattr(cfg, "activation_dtype", None), seed=cfg.seed,

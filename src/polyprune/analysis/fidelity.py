@@ -75,7 +75,7 @@ class FidelityAccumulator:
 def run_snr(runs, opts, out) -> dict:
     """Pruning error and SNR (dB) of every decoder layer's output, per run and evaluation language,
     over FLORES evaluation sentences (pads and the start token excluded)."""
-    from .common import lang_name, resolve_eval_langs
+    from .common import resolve_eval_langs
     from .hidden import collect
     langs = resolve_eval_langs(opts.langs, runs, 1, "snr")
     res = collect(runs, langs, opts, keep_states=True)

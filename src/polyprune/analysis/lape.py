@@ -114,7 +114,7 @@ def run_lape(runs, opts, out) -> dict:
     and per run and language: how many of them the pruned model still has as specific to that
     language, how many it lost, how many new ones appear, and the share of their weights pruned."""
     from ..masks import load_masks
-    from .common import lang_name, resolve_eval_langs, skeleton
+    from .common import resolve_eval_langs, skeleton
     from .hidden import collect
     langs = resolve_eval_langs(opts.langs, runs, 2, "lape")
     res = collect(runs, langs, opts, keep_states=False)

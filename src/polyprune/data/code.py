@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import UserError
+from .hub import stream_field
 
 SKIP_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"})
 DEFAULT_MAX_FILES = 2000
@@ -60,18 +61,8 @@ def load_code(code_dir: str | Path | None = None, code_dataset: str | None = Non
     """A corpus of Python source files; empty → ``UserError``."""
     import sys
     if code_dataset:
-        try:
-            from datasets import load_dataset
-            docs = []
-            for rec in load_dataset(code_dataset, code_config, split=code_split, streaming=True):
-                docs.append(str(rec[code_field]))
-                if len(docs) >= max_files:
-                    break
-        except KeyError:
-            raise UserError(f"dataset {code_dataset} has no field {code_field!r}: set option code_field") from None
-        except Exception as e:
-            raise UserError(f"could not stream {code_dataset} from the hub ({type(e).__name__}): "
-                            f"give option code_dir for a local folder of .py files") from None
+        docs = stream_field(code_dataset, code_config, code_split, code_field, max_docs=max_files, field_option="code_field",
+                            hint="give option code_dir for a local folder of .py files")
         corpus = CodeCorpus([str(i) for i in range(len(docs))], lambda i: docs[int(i)],
                             {"dataset": code_dataset, "config": code_config, "split": code_split})
         what = f"dataset {code_dataset}"

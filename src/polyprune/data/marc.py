@@ -37,7 +37,7 @@ def _read(path: str, mtime: float) -> tuple[dict, ...]:
 
 def load_marc(lang: str | Language, data_dir: str | Path | None = None) -> list[dict]:
     """``[{id, text, stars, label}]`` (label 0 negative, 1 positive) in file order."""
-    code = marc_code(lang)
+    marc_code(lang)  # an unknown language or one MARC lacks fails here
     d = resolve_data_dir(data_dir)
     if d is None:
         raise UserError("MARC is no longer distributed on the hub: give --data-dir with marc/<code>.jsonl.gz")

@@ -22,6 +22,7 @@ from typing import Any
 from ..errors import UserError
 from ..languages import Language, get_language
 from . import flores
+from .hub import stream_field
 
 log = logging.getLogger(__name__)
 
@@ -95,21 +96,9 @@ def read_text_file(path: str | Path, text_field: str = "text", max_chars: int = 
 def read_hub_text(dataset: str, config: str | None, split: str, text_field: str, seed: int,
                   max_chars: int) -> TextSource:
     """Documents streamed from a hub dataset (shuffled with ``seed``) until ``max_chars``."""
-    try:
-        from datasets import load_dataset
-        ds = load_dataset(dataset, config, split=split, streaming=True).shuffle(seed=seed, buffer_size=10_000)
-        parts, total = [], 0
-        for i, rec in enumerate(ds):
-            t = str(rec[text_field])
-            parts.append((i, t))
-            total += len(t)
-            if total >= max_chars:
-                break
-    except KeyError:
-        raise UserError(f"dataset {dataset} has no field {text_field!r}: set option text_field") from None
-    except Exception as e:
-        raise UserError(f"could not stream {dataset} [{config}, {split}] from the hub ({type(e).__name__}): "
-                        f"check the id/config or give option text_file for a local file") from None
+    docs = stream_field(dataset, config, split, text_field, seed=seed, max_chars=max_chars,
+                        hint="give option text_file for a local file")
+    parts = list(enumerate(docs))
     src = _join(parts, "\n\n", max_chars)
     if not src.text.strip():
         raise UserError(f"dataset {dataset} [{config}, {split}] gave no text")

@@ -32,15 +32,20 @@ def _mean(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return x[idx].mean(-1)
 
 
-def paired_bootstrap(a: Sequence, b: Sequence, n_resamples: int = RESAMPLES, seed: int = 0,
-                     stat: Callable[[np.ndarray, np.ndarray], np.ndarray] = _mean) -> dict:
-    """Two-sided paired bootstrap. ``stat(values, idx[B, n]) → [B]`` (default: mean)."""
+def _paired(a: Sequence, b: Sequence, stat) -> tuple[np.ndarray, np.ndarray, float]:
+    """Both score arrays (rows = examples) and the observed difference of the statistic."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if len(a) != len(b) or len(a) == 0:
         raise ValueError("paired tests need two non-empty score lists of the same length")
+    full = np.arange(len(a))[None]
+    return a, b, float(stat(a, full)[0] - stat(b, full)[0])
+
+
+def paired_bootstrap(a: Sequence, b: Sequence, n_resamples: int = RESAMPLES, seed: int = 0,
+                     stat: Callable[[np.ndarray, np.ndarray], np.ndarray] = _mean) -> dict:
+    """Two-sided paired bootstrap. ``stat(values, idx[B, n]) → [B]`` (default: mean)."""
+    a, b, delta = _paired(a, b, stat)
     n = len(a)
-    full = np.arange(n)[None]
-    delta = float(stat(a, full)[0] - stat(b, full)[0])
     idx = np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
     deltas = stat(a, idx) - stat(b, idx)
     p = 1.0 if delta == 0 else float(np.mean(np.abs(deltas - delta) >= abs(delta) - 1e-12))
@@ -52,12 +57,8 @@ def paired_bootstrap(a: Sequence, b: Sequence, n_resamples: int = RESAMPLES, see
 def fornaciari_bootstrap(a: Sequence, b: Sequence, n_resamples: int = RESAMPLES, sample_frac: float = 0.1,
                          seed: int = 0, stat: Callable[[np.ndarray, np.ndarray], np.ndarray] = _mean) -> dict:
     """boostsa-style test: p = fraction of subsamples whose δ exceeds twice the observed δ."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if len(a) != len(b) or len(a) == 0:
-        raise ValueError("paired tests need two non-empty score lists of the same length")
+    a, b, delta = _paired(a, b, stat)
     n = len(a)
-    full = np.arange(n)[None]
-    delta = float(stat(a, full)[0] - stat(b, full)[0])
     k = max(1, int(n * sample_frac))
     rng = np.random.default_rng(seed)
     idx = np.stack([rng.choice(n, size=k, replace=False) for _ in range(n_resamples)])
@@ -107,14 +108,9 @@ def _ppl_stat(pairs: np.ndarray, idx: np.ndarray) -> np.ndarray:
 def _ppl_bootstrap(a: list[dict], b: list[dict], n_resamples: int, seed: int) -> dict:
     pa = np.array([[x["nll"], x["tokens"]] for x in a], dtype=np.float64)
     pb = np.array([[x["nll"], x["tokens"]] for x in b], dtype=np.float64)
-    n = len(pa)
-    full = np.arange(n)[None]
-    delta = float(_ppl_stat(pa, full)[0] - _ppl_stat(pb, full)[0])
-    idx = np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
-    deltas = _ppl_stat(pa, idx) - _ppl_stat(pb, idx)
-    p = 1.0 if delta == 0 else float(np.mean(np.abs(deltas - delta) >= abs(delta) - 1e-12))
-    return {"delta": delta, "p_value": p, "resamples": n_resamples, "seed": seed,
-            "test": "paired bootstrap over sentences of corpus perplexity, two-sided (centred)"}
+    r = paired_bootstrap(pa, pb, n_resamples, seed, stat=_ppl_stat)
+    r["test"] = "paired bootstrap over sentences of corpus perplexity, two-sided (centred)"
+    return r
 
 
 def compare(result_a: dict, result_b: dict, n_resamples: int = RESAMPLES, seed: int = 0,

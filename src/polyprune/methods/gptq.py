@@ -17,7 +17,7 @@ import torch
 from ..errors import UserError
 from ..quant import QuantSpec, find_params, quant_spec, quantize
 from . import MethodResult, Spec, register
-from .sparsegpt import inverse_hessian_factor
+from .sparsegpt import block_mask, inverse_hessian_factor, nm_group_mask_
 
 
 def gptq_quantize(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, blocksize: int = 128, percdamp: float = 0.01,
@@ -68,15 +68,10 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, blocksize: 
         Q1 = torch.zeros_like(W1)
         Err1 = torch.zeros_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
-        mask1 = torch.zeros_like(W1, dtype=torch.bool)
         if prune and prunem == 0:
-            tmp = W1 ** 2 / (torch.diag(Hinv1).reshape((1, -1))) ** 2
-            if reference_threshold:
-                thresh = torch.sort(tmp.flatten())[0][int(tmp.numel() * sparsity)]
-                mask1 = tmp <= thresh
-            else:
-                k = int(tmp.numel() * sparsity)
-                mask1.view(-1)[torch.sort(tmp.flatten(), stable=True)[1][:k]] = True
+            mask1 = block_mask(W1, Hinv1, sparsity, reference_threshold)
+        else:
+            mask1 = torch.zeros_like(W1, dtype=torch.bool)
         for i in range(count):
             col = i1 + i
             w = W1[:, i]
@@ -85,8 +80,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, blocksize: 
                 s, z = find_params(W[:, col:col + gs], spec)
                 scale[:, col // gs:col // gs + 1], zero[:, col // gs:col // gs + 1] = s, z
             if prunem and i % prunem == 0:
-                tmp = W1[:, i:i + prunem] ** 2 / (torch.diag(Hinv1)[i:i + prunem].reshape((1, -1))) ** 2
-                mask1.scatter_(1, i + torch.topk(tmp, prunen, dim=1, largest=False)[1], True)
+                nm_group_mask_(mask1, W1, Hinv1, i, prunen, prunem)
             g = int(col_group[col])
             q = w.clone()
             if prune:

@@ -34,6 +34,24 @@ def inverse_hessian_factor(W: torch.Tensor, H: torch.Tensor, percdamp: float = 0
                     f"{damp / 10:g}·mean(diag): give more (or more varied) calibration tokens or raise percdamp")
 
 
+def block_mask(W1: torch.Tensor, Hinv1: torch.Tensor, sparsity: float, reference_threshold: bool = True
+               ) -> torch.Tensor:
+    """SparseGPT's unstructured mask of one column block: prune the smallest w²/d² over the block
+    (``<=`` the reference's threshold, or exactly int(numel·s) with ``reference_threshold=False``)."""
+    tmp = W1 ** 2 / (torch.diag(Hinv1).reshape((1, -1))) ** 2
+    if reference_threshold:
+        return tmp <= torch.sort(tmp.flatten())[0][int(tmp.numel() * sparsity)]
+    mask = torch.zeros_like(tmp, dtype=torch.bool)
+    mask.view(-1)[torch.sort(tmp.flatten(), stable=True)[1][:int(tmp.numel() * sparsity)]] = True
+    return mask
+
+
+def nm_group_mask_(mask1: torch.Tensor, W1: torch.Tensor, Hinv1: torch.Tensor, i: int, n: int, m: int) -> None:
+    """In place: mark the n smallest w²/d² of each row in columns i..i+m of the block as pruned."""
+    tmp = W1[:, i:i + m] ** 2 / (torch.diag(Hinv1)[i:i + m].reshape((1, -1))) ** 2
+    mask1.scatter_(1, i + torch.topk(tmp, n, dim=1, largest=False)[1], True)
+
+
 def sparsegpt_prune(W: torch.Tensor, H: torch.Tensor, sparsity: float, prunen: int = 0, prunem: int = 0,
                     blocksize: int = 128, percdamp: float = 0.01, reference_threshold: bool = True,
                     name: str = "") -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,22 +69,14 @@ def sparsegpt_prune(W: torch.Tensor, H: torch.Tensor, sparsity: float, prunen: i
         Err1 = torch.zeros_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
         if prunen == 0:
-            tmp = W1 ** 2 / (torch.diag(Hinv1).reshape((1, -1))) ** 2
-            if reference_threshold:
-                thresh = torch.sort(tmp.flatten())[0][int(tmp.numel() * sparsity)]
-                mask1 = tmp <= thresh
-            else:
-                mask1 = torch.zeros_like(tmp, dtype=torch.bool)
-                k = int(tmp.numel() * sparsity)
-                mask1.view(-1)[torch.sort(tmp.flatten(), stable=True)[1][:k]] = True
+            mask1 = block_mask(W1, Hinv1, sparsity, reference_threshold)
         else:
             mask1 = torch.zeros_like(W1, dtype=torch.bool)
         for i in range(count):
             w = W1[:, i]
             d = Hinv1[i, i]
             if prunen != 0 and i % prunem == 0:
-                tmp = W1[:, i:(i + prunem)] ** 2 / (torch.diag(Hinv1)[i:(i + prunem)].reshape((1, -1))) ** 2
-                mask1.scatter_(1, i + torch.topk(tmp, prunen, dim=1, largest=False)[1], True)
+                nm_group_mask_(mask1, W1, Hinv1, i, prunen, prunem)
             q = w.clone()
             q[mask1[:, i]] = 0
             Q1[:, i] = q
