@@ -17,7 +17,7 @@ import torch
 from ..errors import UserError
 from ..quant import QuantSpec, find_params, quant_spec, quantize
 from . import MethodResult, Spec, register
-from .sparsegpt import block_mask, inverse_hessian_factor, nm_group_mask_
+from .sparsegpt import inverse_hessian_factor, obs_sweep
 
 
 def gptq_quantize(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, blocksize: int = 128, percdamp: float = 0.01,
@@ -58,41 +58,16 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, blocksize: 
     col_group = torch.arange(columns) // gs if gs is not None else torch.zeros(columns, dtype=torch.long)
     if perm is not None:
         col_group = col_group[perm]
-    Q = torch.zeros_like(W)
-    pruned = torch.zeros_like(W, dtype=torch.bool)
-    maxq = spec.maxq
-    for i1 in range(0, columns, blocksize):
-        i2 = min(i1 + blocksize, columns)
-        count = i2 - i1
-        W1 = W[:, i1:i2].clone()
-        Q1 = torch.zeros_like(W1)
-        Err1 = torch.zeros_like(W1)
-        Hinv1 = Hinv[i1:i2, i1:i2]
-        if prune and prunem == 0:
-            mask1 = block_mask(W1, Hinv1, sparsity, reference_threshold)
-        else:
-            mask1 = torch.zeros_like(W1, dtype=torch.bool)
-        for i in range(count):
-            col = i1 + i
-            w = W1[:, i]
-            d = Hinv1[i, i]
-            if gs is not None and not act_order and col % gs == 0:
-                s, z = find_params(W[:, col:col + gs], spec)
-                scale[:, col // gs:col // gs + 1], zero[:, col // gs:col // gs + 1] = s, z
-            if prunem and i % prunem == 0:
-                nm_group_mask_(mask1, W1, Hinv1, i, prunen, prunem)
-            g = int(col_group[col])
-            q = w.clone()
-            if prune:
-                q[mask1[:, i]] = 0
-            q = quantize(q.unsqueeze(1), scale[:, g:g + 1], zero[:, g:g + 1], maxq).flatten()
-            Q1[:, i] = q
-            err1 = (w - q) / d
-            W1[:, i:] -= err1.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))
-            Err1[:, i] = err1
-        Q[:, i1:i2] = Q1
-        pruned[:, i1:i2] = mask1
-        W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
+
+    def round_column(col: int, q: torch.Tensor, W_now: torch.Tensor) -> torch.Tensor:
+        if gs is not None and not act_order and col % gs == 0:  # the group's grid, from W as updated so far
+            s, z = find_params(W_now[:, col:col + gs], spec)
+            scale[:, col // gs:col // gs + 1], zero[:, col // gs:col // gs + 1] = s, z
+        g = int(col_group[col])
+        return quantize(q.unsqueeze(1), scale[:, g:g + 1], zero[:, g:g + 1], spec.maxq).flatten()
+
+    pruned, Q = obs_sweep(W, Hinv, sparsity if not prunem else 0.0, prunen, prunem, blocksize,
+                          reference_threshold, round_column)
     if perm is not None:
         inv = torch.argsort(perm)
         Q, pruned = Q[:, inv], pruned[:, inv]

@@ -1,6 +1,8 @@
 """SparseGPT (Frantar & Alistarh 2023): OBS-based pruning with weight reconstruction."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from ..errors import UserError
@@ -52,6 +54,46 @@ def nm_group_mask_(mask1: torch.Tensor, W1: torch.Tensor, Hinv1: torch.Tensor, i
     mask1.scatter_(1, i + torch.topk(tmp, n, dim=1, largest=False)[1], True)
 
 
+def obs_sweep(W: torch.Tensor, Hinv: torch.Tensor, sparsity: float = 0.0, prunen: int = 0, prunem: int = 0,
+              blocksize: int = 128, reference_threshold: bool = True,
+              round_column: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The column sweep shared by SparseGPT and GPTQ (IST-DASLab ``fasterprune`` / ``fasterquant``):
+    per block of columns the pruning mask (w²/d² over the block, or N:M groups as the sweep reaches
+    them), then each column is zeroed where pruned, optionally rounded (``round_column(col, q, W)``
+    with ``W`` as updated up to the current block), and its error spread over the remaining columns
+    with the rows of the inverse-Hessian factor ``Hinv``. Returns (pruned mask, new weight)."""
+    W = W.clone()
+    columns = W.shape[1]
+    pruned = torch.zeros_like(W, dtype=torch.bool)
+    for i1 in range(0, columns, blocksize):
+        i2 = min(i1 + blocksize, columns)
+        W1 = W[:, i1:i2].clone()
+        Q1 = torch.zeros_like(W1)
+        Err1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        if prunem == 0 and sparsity > 0:
+            mask1 = block_mask(W1, Hinv1, sparsity, reference_threshold)
+        else:
+            mask1 = torch.zeros_like(W1, dtype=torch.bool)
+        for i in range(i2 - i1):
+            w = W1[:, i]
+            if prunem and i % prunem == 0:
+                nm_group_mask_(mask1, W1, Hinv1, i, prunen, prunem)
+            q = w.clone()
+            q[mask1[:, i]] = 0
+            if round_column is not None:
+                q = round_column(i1 + i, q, W)
+            Q1[:, i] = q
+            err1 = (w - q) / Hinv1[i, i]
+            W1[:, i:] -= err1.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))
+            Err1[:, i] = err1
+        W[:, i1:i2] = Q1
+        pruned[:, i1:i2] = mask1
+        W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
+    return pruned, W
+
+
 def sparsegpt_prune(W: torch.Tensor, H: torch.Tensor, sparsity: float, prunen: int = 0, prunem: int = 0,
                     blocksize: int = 128, percdamp: float = 0.01, reference_threshold: bool = True,
                     name: str = "") -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,34 +101,7 @@ def sparsegpt_prune(W: torch.Tensor, H: torch.Tensor, sparsity: float, prunen: i
     ``fasterprune``. Unstructured masks are chosen per block of columns over all rows by w²/d²;
     ``reference_threshold`` keeps the reference's ``<=`` rule, else exactly int(numel·s) per block."""
     W, Hinv = inverse_hessian_factor(W.float(), H, percdamp, name)
-    rows, columns = W.shape
-    pruned = torch.zeros_like(W, dtype=torch.bool)
-    for i1 in range(0, columns, blocksize):
-        i2 = min(i1 + blocksize, columns)
-        count = i2 - i1
-        W1 = W[:, i1:i2].clone()
-        Q1 = torch.zeros_like(W1)
-        Err1 = torch.zeros_like(W1)
-        Hinv1 = Hinv[i1:i2, i1:i2]
-        if prunen == 0:
-            mask1 = block_mask(W1, Hinv1, sparsity, reference_threshold)
-        else:
-            mask1 = torch.zeros_like(W1, dtype=torch.bool)
-        for i in range(count):
-            w = W1[:, i]
-            d = Hinv1[i, i]
-            if prunen != 0 and i % prunem == 0:
-                nm_group_mask_(mask1, W1, Hinv1, i, prunen, prunem)
-            q = w.clone()
-            q[mask1[:, i]] = 0
-            Q1[:, i] = q
-            err1 = (w - q) / d
-            W1[:, i:] -= err1.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))
-            Err1[:, i] = err1
-        W[:, i1:i2] = Q1
-        pruned[:, i1:i2] = mask1
-        W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
-    return pruned, W
+    return obs_sweep(W, Hinv, 0.0 if prunem else sparsity, prunen, prunem, blocksize, reference_threshold)
 
 
 @register("sparsegpt", needs=("hessian",), updates_weights=True,
