@@ -189,3 +189,19 @@ def test_unequal_lengths_and_calibration_forms(tiny, calib_ids):
     ragged = [calib_ids[0, :5], calib_ids[1], calib_ids[2, :17]]
     masks = pp.prune(tiny("bloom"), ragged, method="sparsegpt", sparsity=0.5)
     assert masks.record["calibration"]["tokens"] == 5 + 24 + 17
+
+
+def test_statistics_pass_stops_after_the_last_module_input(tiny, calib_ids):
+    """Sequential Wanda: the statistics forward stops once down_proj's input is recorded (its matmul
+    is never run there), so down_proj runs once per sample and layer (the propagation), minus the
+    last layer (nothing to feed); the non-sequential walk keeps the dense outputs and runs it once."""
+    calls = {}
+    for sequential, expected in ((True, 4 * 1), (False, 4 * 2)):
+        model = tiny("llama")
+        n_layers = len(find_layers(model)[1])
+        assert n_layers == 2
+        calls.clear()
+        for i, layer in enumerate(find_layers(model)[1]):
+            layer.mlp.down_proj.register_forward_hook(lambda m, a, o, i=i: calls.__setitem__(i, calls.get(i, 0) + 1))
+        pp.prune(model, calib_ids, "wanda", 0.5, sequential=sequential)
+        assert sum(calls.values()) == expected, (sequential, calls)

@@ -111,10 +111,16 @@ def run_layer(layer: nn.Module, entry: Entry, index: int) -> torch.Tensor:
     return out if out.dtype == hidden.dtype else out.to(hidden.dtype)
 
 
+class _Seen(Exception):
+    """Raised by the last statistics hook: the rest of the layer's forward is not needed."""
+
+
 def collect_layer_stats(layer: nn.Module, entries: list[Entry], index: int, kinds: frozenset,
                         sets: tuple[str, ...] | None, keep_outputs: bool, name: str = "") -> dict[str, SetStats]:
     """One pass of all samples through ``layer`` with hooks accumulating input statistics of every
-    Linear/Conv1D. With ``keep_outputs`` the entries' hidden states are replaced by the outputs."""
+    Linear/Conv1D. With ``keep_outputs`` the entries' hidden states are replaced by the outputs;
+    without, each forward stops as soon as the last module's input has been recorded (its matmul
+    and everything after it would be thrown away)."""
     modules = prunable_modules(layer)
     wanted = sets or tuple(sorted({e.sample.set for e in entries}))
     stats: dict[str, SetStats] = {}
@@ -124,20 +130,27 @@ def collect_layer_stats(layer: nn.Module, entries: list[Entry], index: int, kind
         cols = mod.weight.shape[0] if type(mod).__name__ == "Conv1D" else mod.in_features
         stats[mname] = SetStats({s: ModuleStats(cols, kinds) for s in wanted})
 
-        def hook(m, inp, out, _name=mname):
+        def hook(m, args, kwargs, _name=mname):
+            x = (args[0] if args else next(iter(kwargs.values()))).detach()
+            if not torch.isfinite(x).all():
+                raise UserError(f"non-finite activations at the input of {name or index}.{_name}: use float32 "
+                                f"(--dtype float32) or check the calibration tokens")
             st = stats[_name]
             if current["set"] in st:
-                x = inp[0].detach()
                 st[current["set"]].add(x.reshape(-1, x.shape[-1]), current["langs"], batch=x.shape[0])
-        handles.append(mod.register_forward_hook(hook))
+            current["seen"].add(_name)
+            if not keep_outputs and len(current["seen"]) == len(modules):
+                raise _Seen
+        handles.append(mod.register_forward_pre_hook(hook, with_kwargs=True))
     try:
         with torch.no_grad():
             for e in entries:
-                current["set"], current["langs"] = e.sample.set, e.sample.langs
-                out = run_layer(layer, e, index)
-                if not torch.isfinite(out).all():
-                    raise UserError(f"non-finite activations at the output of decoder layer {name or index}: "
-                                    f"use float32 (--dtype float32) or check the calibration tokens")
+                current["set"], current["langs"], current["seen"] = e.sample.set, e.sample.langs, set()
+                try:
+                    out = run_layer(layer, e, index)
+                except _Seen:
+                    continue
+                check_finite(out, name or str(index))
                 if keep_outputs:
                     e.hidden = out
     finally:
@@ -149,11 +162,18 @@ def collect_layer_stats(layer: nn.Module, entries: list[Entry], index: int, kind
     return stats
 
 
-def propagate(layer: nn.Module, entries: list[Entry], index: int) -> None:
+def check_finite(out: torch.Tensor, name: str) -> None:
+    if not torch.isfinite(out).all():
+        raise UserError(f"non-finite activations at the output of decoder layer {name}: "
+                        f"use float32 (--dtype float32) or check the calibration tokens")
+
+
+def propagate(layer: nn.Module, entries: list[Entry], index: int, name: str = "") -> None:
     """Replace each entry's hidden state by this layer's output (in place, one buffer)."""
     with torch.no_grad():
         for e in entries:
             e.hidden = run_layer(layer, e, index)
+            check_finite(e.hidden, name or str(index))
 
 
 def walk(model: nn.Module, calibration: Calibration | None, kinds: frozenset, sets: tuple[str, ...] | None,
@@ -190,6 +210,6 @@ def walk(model: nn.Module, calibration: Calibration | None, kinds: frozenset, se
             on_layer(i, layer, stats)
         if need_data and i < len(layers) - 1 and not dense_outputs_taken:
             with timer("propagate"):
-                propagate(layer, entries, i)
+                propagate(layer, entries, i, f"{path}.{i}")
         if after_layer is not None:
             after_layer(i, layer)
