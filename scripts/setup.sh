@@ -6,7 +6,8 @@ PY=${PYTHON:-python3}
 stamp=.setup-stamp
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && command -v polyprune >/dev/null 2>&1 \
-   && "$PY" -c "import polyprune, torch" 2>/dev/null; then
+   && "$PY" -c "import pathlib, sys, polyprune, torch; sys.exit(not pathlib.Path(polyprune.__file__).resolve().is_relative_to(pathlib.Path('src').resolve()))" 2>/dev/null; then
+  # installed, importable, and from this checkout (an editable install of another clone does not count)
   exit 0
 fi
 if ! "$PY" -c "import torch" 2>/dev/null; then
