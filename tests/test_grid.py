@@ -272,3 +272,21 @@ def test_ray_local_instance(tmp_path, tiny_dir):
     assert all(is_done(tmp_path / c.dirname) for c in g.cells)
     rec = json.loads((tmp_path / g.cells[1].dirname / "record.json").read_text())
     assert rec["method"] == "magnitude"
+
+
+def test_cells_pass_every_run_setting_to_the_engine(tmp_path, tiny_dir, cal_file):
+    """A cell prunes exactly as `polyprune prune` with the same config: refinement and allocation
+    (and their options) reach the engine, and the masks equal a single run's byte for byte."""
+    from polyprune.config import validate_config
+    from polyprune.pipeline import run_prune
+    method = {"name": "owl-dsnot", "method": "wanda", "allocation": "owl", "refine": "dsnot",
+              "refine_options": {"max_cycles": 3}}
+    g = grid_from_dict({"name": "t", "defaults": {"calibration": {"nsamples": 2, "seqlen": 16}},
+                        "axes": {"models": [str(tiny_dir("llama"))], "methods": [method],
+                                 "calibrations": [{"name": "c", "file": str(cal_file)}]}, "dense": False})
+    assert run_grid(g, tmp_path / "grid", in_process=True, show=False).ok
+    cell = tmp_path / "grid" / g.cells[0].dirname
+    rec = json.loads((cell / "record.json").read_text())
+    assert rec["refine"] == "dsnot" and rec["refine_options"] == {"max_cycles": 3}
+    single = run_prune(validate_config(g.cells[0].config), tmp_path / "single")
+    assert (single / "masks.safetensors").read_bytes() == (cell / "masks.safetensors").read_bytes()

@@ -585,18 +585,13 @@ def _do_cell(cell: Cell, tmp: Path, cache: ModelCache, data_dir: str | None) -> 
     model, tok = cache.get(cfg_d["model"], cfg_d.get("dtype"), cfg_d.get("device"))
     try:
         if cell.kind != DENSE:
-            from .pipeline import calibration_from_config
-            from .prune import prune
+            from .pipeline import build_run_calibration, prune_with_config
             from .run import write_run
             cfg = validate_config(cfg_d, f"cell {cell.dirname}")
             if data_dir and cfg.calibration.data_dir is None:
                 cfg.calibration.data_dir = str(data_dir)
-            cal = calibration_from_config(cfg.calibration, tok, cfg.seed, cfg.method)
-            masks = prune(model, cal, cfg.method, cfg.sparsity, cfg.pattern, seed=cfg.seed,
-                          sequential=cfg.sequential, count_pads=cfg.count_pads,
-                          keep_dense_layers=cfg.keep_dense_layers or None, keep_stats=cfg.keep_stats,
-                          allocation=cfg.allocation, allocation_options=cfg.allocation_options,
-                          **cfg.method_options)
+            cal = build_run_calibration(cfg, tok)
+            masks = prune_with_config(model, cal, cfg)
             write_run(tmp, cfg, masks, cal, tok, model)
         for ev in cell.evaluations:
             res = _evaluate(model, tok, ev, data_dir)

@@ -54,31 +54,40 @@ def calibration_from_config(cc: CalibrationConfig, tokenizer, seed: int, method:
     return cal
 
 
+def build_run_calibration(cfg: RunConfig, tokenizer) -> Calibration | None:
+    """The calibration of a run config (data also for data-driven allocations such as OWL)."""
+    return calibration_from_config(cfg.calibration, tokenizer, cfg.seed, cfg.method,
+                                   needs_data=cfg.allocation not in (None, "", "uniform"))
+
+
+def prune_with_config(model, cal: Calibration | None, cfg: RunConfig):
+    """:func:`polyprune.prune` with every setting of ``cfg`` (the one place that maps a config to
+    the engine's arguments: single runs, grid cells)."""
+    from .model import resolve_dtype
+    from .prune import prune
+    act = resolve_dtype(cfg.activation_dtype, None) if cfg.activation_dtype else None
+    return prune(model, cal, cfg.method, cfg.sparsity, cfg.pattern, seed=cfg.seed,
+                 sequential=cfg.sequential, count_pads=cfg.count_pads,
+                 keep_dense_layers=cfg.keep_dense_layers or None, keep_stats=cfg.keep_stats,
+                 allocation=cfg.allocation, allocation_options=cfg.allocation_options,
+                 refine=cfg.refine, refine_options=cfg.refine_options, activation_dtype=act,
+                 **cfg.method_options)
+
+
 def run_prune(cfg: RunConfig, out: str | Path, force: bool = False) -> Path:
     """Load the model, build the calibration, prune, write the run folder atomically."""
     from .model import load_model, load_tokenizer
-    from .prune import prune
     out = Path(out)
     get_method(cfg.method)  # fail fast on bad input, before loading anything
     from .stream import run_prune_streaming, should_stream
     if should_stream(cfg.offload, cfg.max_memory, cfg.model, cfg.dtype):
         return run_prune_streaming(cfg, out, force)
-    act = None
-    if cfg.activation_dtype:
-        from .model import resolve_dtype
-        act = resolve_dtype(cfg.activation_dtype, None)
     with staged_dir(out, force) as tmp:
         # calibration first: its bad input (unknown language, missing file) fails before the weights load
         tok = load_tokenizer(cfg.model)
-        cal = calibration_from_config(cfg.calibration, tok, cfg.seed, cfg.method,
-                                      needs_data=cfg.allocation not in (None, "", "uniform"))
+        cal = build_run_calibration(cfg, tok)
         model, tok = load_model(cfg.model, cfg.dtype, cfg.device, tokenizer=tok)
-        masks = prune(model, cal, cfg.method, cfg.sparsity, cfg.pattern, seed=cfg.seed,
-                      sequential=cfg.sequential, count_pads=cfg.count_pads,
-                      keep_dense_layers=cfg.keep_dense_layers or None, keep_stats=cfg.keep_stats,
-                      allocation=cfg.allocation, allocation_options=cfg.allocation_options,
-                      refine=cfg.refine, refine_options=cfg.refine_options, activation_dtype=act,
-                      **cfg.method_options)
+        masks = prune_with_config(model, cal, cfg)
         write_run(tmp, cfg, masks, cal, tok, model)
     log.info("run written to %s (achieved sparsity %.4f)", out, masks.record["achieved_sparsity"])
     return out
