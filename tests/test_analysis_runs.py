@@ -119,6 +119,12 @@ def test_snr_matches_unpadded_forward(setup):
     assert table[0]["pruning_error"] == pytest.approx(acc.pruning_error, rel=1e-4)
     assert table[0]["snr_db"] == pytest.approx(acc.snr_db, rel=1e-4)
     assert math.isfinite(res["summary"][0]["snr_db_mean"])
+    # the per-language table and the analysis summary are separate files; the report reads the table
+    per_lang = _load(runs["fra"] / "analysis" / "snr_per_lang.json")
+    assert per_lang == _load(runs["fra"] / "analysis" / "snr_summary.json")["summary"]
+    from polyprune.report import build_tables, collect
+    snr = {t.task: t for t in build_tables(collect(runs["fra"]))}["snr"]
+    assert snr.rows[0].values["eng_Latn"] == pytest.approx(res["summary"][0]["snr_db_mean"])
 
 
 def test_lape_counts_and_lsar(setup):

@@ -176,3 +176,38 @@ def test_lrp2_result_is_a_row_of_its_task(tmp_path):
     (x,) = build_tables(collect(tmp_path))
     assert x.task == "xnli" and [r.label for r in x.rows] == ["m · dense", "m · lrp2"]
     assert x.rows[0].is_baseline and x.rows[1].marks == {"fra_Latn": "†"}
+
+
+def test_analysis_tables_from_cells_old_and_new_layout(tmp_path):
+    """Per-language SNR tables of cells become report tables (no significance: no per-example data);
+    runs analysed before the table got its own file are read from the analysis summary."""
+    recs = [{"run": "x", "lang": "eng_Latn", "snr_db_mean": 15.0, "pruning_error_mean": 6.5e-05, "tokens": 9},
+            {"run": "x", "lang": "fra_Latn", "snr_db_mean": 12.0, "pruning_error_mean": 9.0e-05, "tokens": 9}]
+    worse = [dict(r, snr_db_mean=r["snr_db_mean"] - 1, pruning_error_mean=r["pruning_error_mean"] * 2) for r in recs]
+    _write_cells(tmp_path, [(L("dense"), {"perplexity": _ppl_result({"eng_Latn": 20.0, "fra_Latn": 30.0})}),
+                            (L("wanda", "eng"), {}), (L("wanda", "fra"), {})])
+    (tmp_path / "cell1" / "analysis").mkdir()
+    (tmp_path / "cell1" / "analysis" / "snr_per_lang.json").write_text(json.dumps(recs))
+    (tmp_path / "cell2" / "analysis").mkdir()  # old layout: only the summary file, records under "summary"
+    (tmp_path / "cell2" / "analysis" / "snr_summary.json").write_text(json.dumps({"analysis": "snr",
+                                                                                 "summary": worse}))
+    tables = {t.task: t for t in build_tables(collect(tmp_path))}
+    assert set(tables) == {"perplexity", "snr", "pruning_error"}
+    snr, err = tables["snr"], tables["pruning_error"]
+    assert [r.labels["calibration"] for r in snr.rows] == ["eng", "fra"]
+    assert snr.higher_is_better and not err.higher_is_better
+    assert snr.rows[0].values == {"eng_Latn": 15.0, "fra_Latn": 12.0, "avg": 13.5}
+    assert snr.rows[1].values["avg"] == pytest.approx(12.5)
+    assert snr.rows[0].bold == {"eng_Latn", "fra_Latn", "avg"} and err.rows[0].bold == {"eng_Latn", "fra_Latn", "avg"}
+    assert not any(r.marks for r in snr.rows)
+    md = table_markdown(err)
+    assert "6.5e-05" in md and "no significance test" in md and "†" not in md
+
+
+def test_analysis_output_rejects_a_name_written_twice(tmp_path):
+    from polyprune.analysis.common import Output
+    o = Output(tmp_path / "analysis", tmp_path / "figures")
+    o.table("snr_per_lang", [{"lang": "eng_Latn"}])
+    with pytest.raises(RuntimeError, match="written twice"):
+        o.json("snr_per_lang", {})
+    o.discard()

@@ -107,25 +107,38 @@ def _load_result(path: Path) -> dict | None:
     return r
 
 
-# per-language summaries written by single-run analyses (RUN/analysis/<file>.json, a list of records)
+# per-language tables written by single-run analyses (RUN/analysis/<file>.json, a list of records)
 # → tables: (table name, record key, metric, higher is better)
-ANALYSIS_TABLES = {"snr_summary": [("snr", "snr_db_mean", "snr_db", True),
-                                   ("pruning_error", "pruning_error_mean", "pruning_error", False)]}
+ANALYSIS_TABLES = {"snr_per_lang": [("snr", "snr_db_mean", "snr_db", True),
+                                    ("pruning_error", "pruning_error_mean", "pruning_error", False)]}
+# the same records inside an analysis' summary file, where runs analysed before the split keep them
+_SUMMARY_FALLBACK = {"snr_per_lang": "snr_summary"}
+
+
+def _analysis_records(folder: Path, fname: str) -> list[dict]:
+    for name, inside in ((fname, None), (_SUMMARY_FALLBACK.get(fname), "summary")):
+        f = folder / "analysis" / f"{name}.json"
+        if not name or not f.is_file():
+            continue
+        try:
+            data = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            log.warning("skipping unreadable analysis table %s", f)
+            continue
+        recs = data.get(inside) if inside and isinstance(data, dict) else data
+        if isinstance(recs, list):
+            return [r for r in recs if isinstance(r, dict) and "lang" in r]
+    return []
 
 
 def _analysis_results(folder: Path) -> list[dict]:
-    """Analysis summaries of a run folder as result-like dicts (no per-example data: no significance)."""
+    """Per-language analysis tables of a run folder as result-like dicts (no per-example data: no
+    significance markers)."""
     out = []
     for fname, specs in ANALYSIS_TABLES.items():
-        f = folder / "analysis" / f"{fname}.json"
-        if not f.is_file():
-            continue
-        try:
-            recs = json.loads(f.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
+        recs = _analysis_records(folder, fname)
         for task, key, metric, hib in specs:
-            per_lang = {r["lang"]: r.get(key) for r in recs if isinstance(r, dict) and "lang" in r}
+            per_lang = {r["lang"]: r.get(key) for r in recs}
             if per_lang:
                 out.append({"task": task, "primary": {"metric": metric, "higher_is_better": hib,
                                                        "per_lang": per_lang}})
@@ -170,7 +183,9 @@ def collect(source: str | Path) -> list[Entry]:
         folders = [(i, root / c["dir"]) for i, c in enumerate(fp.get("cells", []))]
         folders = [(i, f) for i, f in folders if is_done(f)]
     else:
+        tables = {*ANALYSIS_TABLES, *_SUMMARY_FALLBACK.values()}
         cands = sorted({p.parent.parent for p in root.glob("**/results/*.json")} |
+                       {p.parent.parent for p in root.glob("**/analysis/*.json") if p.stem in tables} |
                        ({root} if (root / "results").is_dir() else set()))
         folders = [(i, f) for i, f in enumerate(cands) if not f.name.startswith(".")]
     for order, folder in folders:
@@ -302,6 +317,8 @@ def fmt(v: float | None) -> str:
         return "–"
     if abs(v) >= 1000:
         return f"{v:.0f}"
+    if v != 0 and abs(v) < 0.01:
+        return f"{v:.3g}"
     return f"{v:.2f}" if abs(v) >= 1 else f"{v:.3f}"
 
 
@@ -335,8 +352,11 @@ def table_csv(table: Table) -> str:
 
 def _caption(table: Table) -> str:
     arrow = "higher is better" if table.higher_is_better else "lower is better"
+    tested = any("per_example" in x for r in table.rows for x in r.results)
+    sig = (f"; {DAGGER}: p < 0.1 against the model's baseline (paired bootstrap)" if tested else
+           " (no per-example scores: no significance test)")
     return (f"{table.task}: {table.metric} ({arrow}) per evaluation language{_seeds_note(table)}. Bold: best per "
-            f"column among a model's rows other than its baseline; {DAGGER}: p < 0.1 against the model's baseline (paired bootstrap).")
+            f"column among a model's rows other than its baseline{sig}.")
 
 
 def table_markdown(table: Table) -> str:

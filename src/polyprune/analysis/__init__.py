@@ -67,7 +67,7 @@ def analyze(runs: list[str | Path], what: list[str] | str, out: str | Path | Non
             opts: Options | None = None) -> dict[str, dict]:
     """Run analyses ``what`` (names, or ``"all"``) on run folders. One run: tables go to
     ``RUN/analysis/`` and figures to ``RUN/figures/``; several runs need ``out`` (tables in it,
-    figures in ``out/figures/``). Returns ``{name: summary}`` (also written as ``<name>.json``)."""
+    figures in ``out/figures/``). Returns ``{name: summary}`` (also written as ``<name>_summary.json``)."""
     opts = opts or Options()
     names = list(ANALYSES) if what in ("all", ["all"]) else ([what] if isinstance(what, str) else list(what))
     analyses = [get_analysis(n) for n in names]

@@ -176,6 +176,8 @@ class Output:
         self._moves: list[tuple[Path, Path]] = []
 
     def _stage(self, name: str, final_dir: Path) -> Path:
+        if any(dst == final_dir / name for _, dst in self._moves):
+            raise RuntimeError(f"analysis output {name} written twice")
         p = self._tmp / f"{len(self._moves):03d}-{name}"
         self._moves.append((p, final_dir / name))
         return p

@@ -92,7 +92,7 @@ def run_snr(runs, opts, out) -> dict:
                             "pruning_error_mean": sum(a.pruning_error for a in accs) / len(accs),
                             "tokens": accs[0].n})
     out.table("snr_per_layer", rows)
-    out.table("snr_summary", summary)
+    out.table("snr_per_lang", summary)
     _plot_snr(out, runs, langs, rows, summary)
     return {"langs": langs, "summary": summary}
 
