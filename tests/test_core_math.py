@@ -83,6 +83,26 @@ def test_row_sparsity_is_exact_and_stable():
         assert ((topk_pruned(s, sp, "row")).sum(1) == int(30 * sp)).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_lowest_k_equals_the_first_k_of_a_stable_sort(dtype):
+    """Selection + tie fix-up gives exactly the stable sort's first k: heavy ties, -0.0, NaN, k = 0 / n."""
+    from polyprune.masks import lowest_k
+    g = torch.Generator().manual_seed(0)
+    for trial in range(300):
+        rows, n = int(torch.randint(1, 6, (1,), generator=g)), int(torch.randint(1, 40, (1,), generator=g))
+        s = torch.randint(0, 4, (rows, n), generator=g).float() if trial % 2 else torch.randn(rows, n, generator=g)
+        if trial % 7 == 0:
+            s[0, 0] = -0.0
+        if trial % 5 == 0:
+            s[-1, int(torch.randint(0, n, (1,), generator=g))] = float("nan")
+        s = s.to(dtype)
+        k = int(torch.randint(0, n + 1, (1,), generator=g))
+        want = torch.zeros(rows, n, dtype=torch.bool).scatter_(1, torch.sort(s, dim=-1, stable=True)[1][:, :k], True)
+        assert torch.equal(lowest_k(s, k), want), (s, k)
+    tied = torch.tensor([[1.0, 0.0, 1.0, 1.0, 2.0, 1.0]])
+    assert lowest_k(tied, 3).tolist() == [[True, True, True, False, False, False]]
+
+
 def test_nm_exact_per_group():
     g = torch.Generator().manual_seed(0)
     s = torch.rand(8, 16, generator=g)

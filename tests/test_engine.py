@@ -205,3 +205,44 @@ def test_statistics_pass_stops_after_the_last_module_input(tiny, calib_ids):
             layer.mlp.down_proj.register_forward_hook(lambda m, a, o, i=i: calls.__setitem__(i, calls.get(i, 0) + 1))
         pp.prune(model, calib_ids, "wanda", 0.5, sequential=sequential)
         assert sum(calls.values()) == expected, (sequential, calls)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_shared_inputs_accumulate_once_with_the_same_statistics(family, tiny, calib_ids):
+    """Modules fed the same tensor (q/k/v, gate/up) share one accumulation: every module's statistics
+    equal those of an independent hook on it, bit for bit, and each module owns its copy."""
+    from polyprune.calibration import as_calibration
+    from polyprune.collect import collect_layer_stats
+    from polyprune.model import prunable_modules
+    from polyprune.stats import ModuleStats
+    model = tiny(family)
+    entries = capture(model, as_calibration(calib_ids))
+    layer = find_layers(model)[1][0]
+    kinds = frozenset({"sqnorm", "hessian", "moments"})
+    own, handles = {}, []
+    for name, mod in prunable_modules(layer).items():
+        cols = mod.weight.shape[0] if is_conv1d(mod) else mod.in_features
+        own[name] = ModuleStats(cols, kinds)
+        handles.append(mod.register_forward_pre_hook(
+            lambda m, a, _n=name: own[_n].add(a[0].reshape(-1, a[0].shape[-1]), batch=a[0].shape[0])))
+    with torch.no_grad():
+        for e in entries:
+            run_layer(layer, e, 0)
+    for h in handles:
+        h.remove()
+    adds = []
+    orig = ModuleStats.add
+    ModuleStats.add = lambda self, *a, **k: (adds.append(1), orig(self, *a, **k))[1]
+    try:
+        stats = collect_layer_stats(layer, entries, 0, kinds, None, keep_outputs=False)
+    finally:
+        ModuleStats.add = orig
+    distinct = {id(s.target) for s in stats.values()}
+    assert len(distinct) == len(stats)
+    for name, ref in own.items():
+        got = stats[name].target
+        assert torch.equal(got.scaler_row, ref.scaler_row) and torch.equal(got.H, ref.H), name
+        assert torch.equal(got.mean, ref.mean) and got.nsamples == ref.nsamples, name
+    # k,v after q; up after gate; Cohere's parallel MLP reads the attention's input; fused qkv: none
+    shared = {"llama": 3, "gemma3": 3, "qwen2": 3, "cohere": 4, "xglm": 2, "bloom": 0, "gpt2": 0, "opt": 2}[family]
+    assert len(adds) == len(entries) * (len(stats) - shared), (family, len(adds))

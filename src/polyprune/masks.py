@@ -69,21 +69,36 @@ def nm_pruned(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     return pruned.reshape(rows, cols)
 
 
+def lowest_k(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """True at the ``k`` lowest entries of every row of ``scores`` [rows, n], ties going to the
+    earlier index: exactly the first ``k`` of a stable ascending sort, in O(n) per row (the k-th
+    value by selection, then the tied entries at that value counted from the left)."""
+    rows, n = scores.shape
+    if k <= 0:
+        return torch.zeros(rows, n, dtype=torch.bool)
+    if k >= n:
+        return torch.ones(rows, n, dtype=torch.bool)
+    kth = torch.kthvalue(scores, k, dim=1, keepdim=True).values
+    if kth.is_floating_point() and bool(torch.isnan(kth).any()):  # NaN sorts last; only sort can order them
+        out = torch.zeros(rows, n, dtype=torch.bool)
+        return out.scatter_(1, torch.sort(scores, dim=-1, stable=True)[1][:, :k], True)
+    pruned = scores <= kth
+    extra = pruned.sum(1) - k  # rows with more ties at the k-th value than places left
+    for r in torch.nonzero(extra > 0).flatten().tolist():
+        tied = scores[r] == kth[r]
+        drop = torch.nonzero(tied).flatten()[-int(extra[r]):]  # the rightmost tied entries stay
+        pruned[r, drop] = False
+    return pruned
+
+
 def topk_pruned(scores: torch.Tensor, sparsity: float, scope: str = "row") -> torch.Tensor:
     """Pruned mask of the ``int(k·s)`` lowest scores per row (``scope='row'``, k = columns) or in
-    the whole matrix (``scope='matrix'``, k = numel); stable sort, so ties prune the earlier index."""
-    pruned = torch.zeros(scores.shape, dtype=torch.bool)
+    the whole matrix (``scope='matrix'``, k = numel); ties prune the earlier index (as a stable sort)."""
     if scope == "row":
-        k = int(scores.shape[1] * sparsity)
-        idx = torch.sort(scores, dim=-1, stable=True)[1][:, :k]
-        pruned.scatter_(1, idx, True)
-    elif scope == "matrix":
-        k = int(scores.numel() * sparsity)
-        idx = torch.sort(scores.flatten(), stable=True)[1][:k]
-        pruned.view(-1)[idx] = True
-    else:
-        raise UserError(f"unknown comparison scope {scope!r}: use 'row' or 'matrix'")
-    return pruned
+        return lowest_k(scores, int(scores.shape[1] * sparsity))
+    if scope == "matrix":
+        return lowest_k(scores.reshape(1, -1), int(scores.numel() * sparsity)).reshape(scores.shape)
+    raise UserError(f"unknown comparison scope {scope!r}: use 'row' or 'matrix'")
 
 
 def threshold_pruned(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
