@@ -20,11 +20,12 @@ def test_captured_layer_calls_reproduce_the_models_forward(family, tiny, calib_i
     """Per-layer kwargs (masks, rotary tables, alibi …) replayed layer by layer give the model's own
     hidden states — including Gemma-3's alternating sliding/global layers."""
     model = tiny(family)
-    cal = pp.Calibration([pp.Sample(calib_ids[0])])
+    cal = pp.Calibration([pp.Sample(r) for r in calib_ids])
     with torch.no_grad():
-        ref = model(calib_ids[:1], output_hidden_states=True).hidden_states
+        ref = model(calib_ids, output_hidden_states=True).hidden_states
     _, layers = find_layers(model)
-    [entry] = capture(model, cal, layers=layers)
+    [entry] = capture(model, cal, layers=layers)  # equal lengths: one batch
+    assert len(entry.samples) == len(calib_ids)
     assert torch.allclose(entry.hidden, ref[0], atol=1e-5)
     with torch.no_grad():
         for i in range(len(layers) - 1):
@@ -193,10 +194,10 @@ def test_unequal_lengths_and_calibration_forms(tiny, calib_ids):
 
 def test_statistics_pass_stops_after_the_last_module_input(tiny, calib_ids):
     """Sequential Wanda: the statistics forward stops once down_proj's input is recorded (its matmul
-    is never run there), so down_proj runs once per sample and layer (the propagation), minus the
+    is never run there), so down_proj runs once per batch and layer (the propagation), minus the
     last layer (nothing to feed); the non-sequential walk keeps the dense outputs and runs it once."""
-    calls = {}
-    for sequential, expected in ((True, 4 * 1), (False, 4 * 2)):
+    calls = {}  # the 4 samples have one length: one batched call per layer and pass
+    for sequential, expected in ((True, 1), (False, 2)):
         model = tiny("llama")
         n_layers = len(find_layers(model)[1])
         assert n_layers == 2
@@ -223,8 +224,11 @@ def test_shared_inputs_accumulate_once_with_the_same_statistics(family, tiny, ca
     for name, mod in prunable_modules(layer).items():
         cols = mod.weight.shape[0] if is_conv1d(mod) else mod.in_features
         own[name] = ModuleStats(cols, kinds)
-        handles.append(mod.register_forward_pre_hook(
-            lambda m, a, _n=name: own[_n].add(a[0].reshape(-1, a[0].shape[-1]), batch=a[0].shape[0])))
+        def each_sample(m, a, _n=name):  # as the references: one sample per call ([B·L, d] in OPT's MLP)
+            x = a[0]
+            for part in (x.unbind(0) if x.dim() == 3 else x.split(x.shape[0] // len(calib_ids))):
+                own[_n].add(part, batch=1)
+        handles.append(mod.register_forward_pre_hook(each_sample))
     with torch.no_grad():
         for e in entries:
             run_layer(layer, e, 0)
@@ -245,4 +249,25 @@ def test_shared_inputs_accumulate_once_with_the_same_statistics(family, tiny, ca
         assert torch.equal(got.mean, ref.mean) and got.nsamples == ref.nsamples, name
     # k,v after q; up after gate; Cohere's parallel MLP reads the attention's input; fused qkv: none
     shared = {"llama": 3, "gemma3": 3, "qwen2": 3, "cohere": 4, "xglm": 2, "bloom": 0, "gpt2": 0, "opt": 2}[family]
-    assert len(adds) == len(entries) * (len(stats) - shared), (family, len(adds))
+    assert len(adds) == len(calib_ids) * (len(stats) - shared), (family, len(adds))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batched_samples_give_the_statistics_and_masks_of_one_at_a_time(family, tiny, calib_ids, monkeypatch):
+    """Samples of one length run as one batch; statistics are still added one sample at a time, so
+    masks and statistics are bit-identical to one sample per call (the references' loop)."""
+    from polyprune import collect
+    ragged = [{"input_ids": r[:n]} for r, n in zip(calib_ids, (24, 24, 16, 24))]  # batches: 2, 1, 1
+    assert [len(e.samples) for e in capture(tiny(family), pp.Calibration(
+        [pp.Sample(r["input_ids"]) for r in ragged]))] == [2, 1, 1]
+    runs = []
+    for budget in (None, 1):
+        monkeypatch.setattr(collect, "BATCH_TOKENS", budget or 4096)
+        runs.append(pp.prune(tiny(family), ragged, method="sparsegpt" if family == "opt" else "wanda",
+                             sparsity=0.5, keep_stats=True))
+    batched, single = runs
+    assert set(batched) == set(single)
+    for name in single:
+        assert torch.equal(batched[name], single[name]), name
+        for k, v in single.stats[name]["target"].items():
+            assert torch.equal(batched.stats[name]["target"][k], v), (name, k)

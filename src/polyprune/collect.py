@@ -25,17 +25,20 @@ from .stats import ModuleStats, SetStats
 log = logging.getLogger(__name__)
 
 
+BATCH_TOKENS = 4096  # tokens per batched layer call (bounds the transient activations of one call)
+
+
 class _Stop(Exception):
     pass
 
 
 @dataclass
 class Entry:
-    """One calibration sample as it flows through the layers."""
+    """A batch of calibration samples as it flows through the layers."""
 
-    sample: Sample
-    hidden: torch.Tensor  # [1, L, d] input of the current layer
-    layer_args: list  # per layer: (args tuple, kwargs dict), shared between samples of one shape
+    samples: list[Sample]  # consecutive calibration samples of one shape, run as one batch
+    hidden: torch.Tensor  # [B, L, d] input of the current layer
+    layer_args: list  # per layer: (args tuple, kwargs dict), shared between batches of one shape
 
 
 def _model_inputs(sample: Sample, count_pads: bool, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,8 +52,12 @@ def _model_inputs(sample: Sample, count_pads: bool, device) -> tuple[torch.Tenso
 
 
 def capture(model: nn.Module, calibration: Calibration, count_pads: bool = False,
-            layers: nn.ModuleList | None = None, activation_dtype: torch.dtype | None = None) -> list[Entry]:
+            layers: nn.ModuleList | None = None, activation_dtype: torch.dtype | None = None,
+            batch_tokens: int | None = None) -> list[Entry]:
     """Layer-0 hidden states of every sample and the call arguments of every layer.
+
+    Consecutive samples of one shape (and pad mask) run as one batch of at most ``batch_tokens``
+    tokens (default ``BATCH_TOKENS``): fewer, larger matmuls; statistics are still added sample by sample, in sample order.
 
     Pads (attention_mask 0) are removed before the forward unless ``count_pads`` (the references'
     behaviour: pads stay in the sequence and in the statistics). ``activation_dtype``: store the
@@ -73,27 +80,35 @@ def capture(model: nn.Module, calibration: Calibration, count_pads: bool = False
             return args[0] if args else kwargs.get("hidden_states")
         return fwd
 
+    batch_tokens = batch_tokens or BATCH_TOKENS
+    groups: list[tuple[tuple, list[Sample], list, list]] = []  # key, samples, ids, masks
+    for s in calibration.samples:
+        ids, am = _model_inputs(s, count_pads, device)
+        if ids.numel() == 0:
+            continue
+        key = (ids.shape[1],) if bool(am.all()) else (ids.shape[1], am.cpu().numpy().tobytes())
+        if groups and groups[-1][0] == key and (len(groups[-1][1]) + 1) * ids.shape[1] <= batch_tokens:
+            groups[-1][1].append(s), groups[-1][2].append(ids), groups[-1][3].append(am)
+        else:
+            groups.append((key, [s], [ids], [am]))
     cache: dict[tuple, list] = {}
     entries: list[Entry] = []
     for layer_i, layer in enumerate(layers):
         layer.forward = recorder(layer_i)
     try:
         with torch.no_grad():
-            for s in calibration.samples:
-                ids, am = _model_inputs(s, count_pads, device)
-                if ids.numel() == 0:
-                    continue
-                key = (ids.shape[1],) if bool(am.all()) else (ids.shape[1], am.cpu().numpy().tobytes())
+            for key, samples, ids, am in groups:
                 recorded[:] = [None] * n
                 try:
-                    model(input_ids=ids, attention_mask=am, use_cache=False)
+                    model(input_ids=torch.cat(ids), attention_mask=torch.cat(am), use_cache=False)
                 except _Stop:
                     pass
                 if any(r is None for r in recorded):
                     raise UserError(f"{type(model).__name__}: the forward did not call every decoder layer")
-                args = cache.setdefault(key, list(recorded))
+                args = cache.setdefault((len(samples), *key), list(recorded))
                 hidden = first["hidden"].detach()
-                entries.append(Entry(s, hidden if activation_dtype is None else hidden.to(activation_dtype), args))
+                entries.append(Entry(samples, hidden if activation_dtype is None else hidden.to(activation_dtype),
+                                     args))
     finally:
         for layer in layers:
             layer.__dict__.pop("forward", None)
@@ -116,6 +131,16 @@ class _Seen(Exception):
     """Raised by the last statistics hook: the rest of the layer's forward is not needed."""
 
 
+def _per_sample(x: torch.Tensor, n: int, name: str) -> list[torch.Tensor]:
+    """A module input of a batch of ``n`` samples as ``n`` [tokens, features] views: [n, L, d], or
+    [n·L, d] where the model flattens tokens first (OPT's MLP)."""
+    if x.dim() >= 3 and x.shape[0] == n:
+        return [x[b].reshape(-1, x.shape[-1]) for b in range(n)]
+    if x.dim() == 2 and x.shape[0] % n == 0:
+        return list(x.split(x.shape[0] // n))
+    raise RuntimeError(f"{name}: input {tuple(x.shape)} is not batched over {n} samples")
+
+
 def collect_layer_stats(layer: nn.Module, entries: list[Entry], index: int, kinds: frozenset,
                         sets: tuple[str, ...] | None, keep_outputs: bool, name: str = "") -> dict[str, SetStats]:
     """One pass of all samples through ``layer`` with hooks accumulating input statistics of every
@@ -123,7 +148,7 @@ def collect_layer_stats(layer: nn.Module, entries: list[Entry], index: int, kind
     without, each forward stops as soon as the last module's input has been recorded (its matmul
     and everything after it would be thrown away)."""
     modules = prunable_modules(layer)
-    wanted = sets or tuple(sorted({e.sample.set for e in entries}))
+    wanted = sets or tuple(sorted({s.set for e in entries for s in e.samples}))
     stats: dict[str, SetStats] = {}
     current: dict[str, Any] = {}
     # modules fed the very same tensor (q/k/v, gate/up) accumulate once: the first one's statistics
@@ -144,9 +169,11 @@ def collect_layer_stats(layer: nn.Module, entries: list[Entry], index: int, kind
             if source is None:
                 current["inputs"].append((_name, raw))
                 st = stats[_name]
-                if current["set"] in st:
-                    x = raw.detach()
-                    st[current["set"]].add(x.reshape(-1, x.shape[-1]), current["langs"], batch=x.shape[0])
+                x = raw.detach()
+                samples = current["samples"]
+                for smp, part in zip(samples, _per_sample(x, len(samples), _name)):
+                    if smp.set in st:  # one sample at a time, as the references accumulate
+                        st[smp.set].add(part, smp.langs, batch=1)
             current["seen"].add(_name)
             if not keep_outputs and len(current["seen"]) == len(modules):
                 raise _Seen
@@ -154,7 +181,7 @@ def collect_layer_stats(layer: nn.Module, entries: list[Entry], index: int, kind
     try:
         with torch.no_grad():
             for j, e in enumerate(entries):
-                current.update(set=e.sample.set, langs=e.sample.langs, seen=set(), inputs=[], first=j == 0)
+                current.update(samples=e.samples, seen=set(), inputs=[], first=j == 0)
                 try:
                     out = run_layer(layer, e, index)
                 except _Seen:
@@ -167,7 +194,7 @@ def collect_layer_stats(layer: nn.Module, entries: list[Entry], index: int, kind
     finally:
         for h in handles:
             h.remove()
-    missing = [s for s in wanted if not any(e.sample.set == s for e in entries)]
+    missing = [w for w in wanted if not any(s.set == w for e in entries for s in e.samples)]
     if missing:
         raise UserError(f"calibration set {missing[0]!r} has no samples: give it calibration data")
     for mname, source in alias.items():  # methods may change their statistics in place: each gets its own
