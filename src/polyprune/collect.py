@@ -222,19 +222,20 @@ def walk(model: nn.Module, calibration: Calibration | None, kinds: frozenset, se
          count_pads: bool = False, timer: Timer | None = None, skip_stats: Callable[[int], bool] = lambda i: False,
          description: str = "layers", before_layer: Callable[[int, nn.Module], None] | None = None,
          after_layer: Callable[[int, nn.Module], None] | None = None,
-         activation_dtype: torch.dtype | None = None) -> None:
+         activation_dtype: torch.dtype | None = None, batch_tokens: int | None = None) -> None:
     """Walk decoder layers in order. For each layer: statistics from the current inputs (if
     ``kinds``), ``on_layer(i, layer, stats)`` (which may prune it), then the layer's outputs feed
     the next layer: recomputed after ``on_layer`` when ``sequential``, else the dense outputs.
     ``before_layer`` / ``after_layer`` (i, layer) run first / last for each layer (streaming loads
-    and frees layer weights there); ``activation_dtype`` is the storage dtype of hidden states."""
+    and frees layer weights there); ``activation_dtype`` is the storage dtype of hidden states;
+    ``batch_tokens`` bounds the tokens of one batched layer call (see :func:`capture`)."""
     timer = timer or Timer()
     path, layers = find_layers(model)
     need_data = bool(kinds) and calibration is not None
     entries: list[Entry] = []
     if need_data:
         with timer("capture"):
-            entries = capture(model, calibration, count_pads, layers, activation_dtype)
+            entries = capture(model, calibration, count_pads, layers, activation_dtype, batch_tokens)
     for i in track(range(len(layers)), description, total=len(layers)):
         layer = layers[i]
         if before_layer is not None:

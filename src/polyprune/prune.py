@@ -51,7 +51,8 @@ def prune(model: nn.Module, calibration: Any = None, method: str = "wanda", spar
           keep_dense_layers: Sequence[int] | str | None = None, layer_sparsity: Sequence[float] | None = None,
           keep_stats: Sequence[str] | bool = False, allocation: str | None = None,
           allocation_options: dict | None = None, refine: str | None = None, refine_options: dict | None = None,
-          layer_io: Any = None, activation_dtype: torch.dtype | None = None, **method_options) -> Masks:
+          layer_io: Any = None, activation_dtype: torch.dtype | None = None, batch_tokens: int | None = None,
+          **method_options) -> Masks:
     """Prune ``model`` in place, layer by layer, and return its masks.
 
     ``calibration``: LongTensor [n, L], list of dicts {input_ids, attention_mask}, or a Calibration
@@ -65,7 +66,9 @@ def prune(model: nn.Module, calibration: Any = None, method: str = "wanda", spar
     applied to every matrix after the method (e.g. ``dsnot``), with ``refine_options``.
     ``layer_io``: an object with ``load(i, layer)`` / ``release(i, layer, masks)`` called around
     each decoder layer (streaming from disk, see ``polyprune.stream``); ``activation_dtype``: storage
-    dtype of the hidden states between layers (statistics stay fp32)."""
+    dtype of the hidden states between layers (statistics stay fp32); ``batch_tokens``: tokens per
+    batched layer call for samples of one length (default 4096; 1 = one sample per call, the least
+    activation memory; masks are identical either way)."""
     t_start = time.perf_counter()
     meth = get_method(method)
     check_options(meth, method_options)
@@ -159,7 +162,7 @@ def prune(model: nn.Module, calibration: Any = None, method: str = "wanda", spar
          skip_stats=lambda i: i in keep and not extra, description=f"{method} {pat if pat.structured else sparsity}",
          before_layer=None if layer_io is None else layer_io.load,
          after_layer=None if layer_io is None else (lambda i, layer: layer_io.release(i, layer, masks)),
-         activation_dtype=activation_dtype)
+         activation_dtype=activation_dtype, batch_tokens=batch_tokens)
     rep = sparsity_report(masks)
     masks.record = {
         "method": method, "sparsity_target": sparsity, "pattern": str(pat), "achieved_sparsity": rep["overall"],

@@ -456,10 +456,12 @@ def stream_prune(model_dir: str | Path, calibration: Any, out: str | Path, metho
     """Prune the safetensors checkpoint in ``model_dir`` layer by layer into the folder ``out`` (created;
     normally a staged temp folder): ``model/``, ``masks.safetensors``, ``weights.safetensors``,
     ``info.safetensors``. ``prune_options`` go to :func:`polyprune.prune` (seed, sequential,
-    keep_dense_layers, method options …). Returns the run record (as ``masks.record``)."""
+    keep_dense_layers, method options …); samples go through each layer one at a time unless
+    ``batch_tokens`` is given (least activation memory). Returns the run record (as ``masks.record``)."""
     from .methods import get_method
     from .model import prunable_weights, resolve_dtype
     from .prune import prune
+    prune_options.setdefault("batch_tokens", 1)
     if prune_options.get("allocation") not in (None, "", "uniform"):
         raise UserError("layer-wise sparsity allocation needs the whole model in memory: drop --allocation "
                         "or --offload, or give layer_sparsity explicitly")
