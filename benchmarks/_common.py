@@ -35,3 +35,10 @@ def run_child(cmd: list[str], what: str, strict: bool = True, cwd: str | None = 
             raise SystemExit(f"{what} failed:\n{res.stderr[-3000:]}")
         return {"error": res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit {res.returncode}"}
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    """A Markdown table (cells already formatted as strings)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)

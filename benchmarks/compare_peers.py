@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import DATA, peak_rss, run_child
+from _common import DATA, markdown_table, peak_rss, run_child
 
 
 def prepare(folder: Path, nsamples: int, seqlen: int, eval_windows: int, out: Path) -> str:
@@ -144,18 +144,18 @@ def main() -> None:
             print(method, "ours", ours, "llm-compressor", peer, flush=True)
     print(f"\n{args.model}, {args.nsamples}×{args.seqlen} tokens ({source}), 50 % unstructured, "
           f"torch threads {os.environ.get('BENCH_THREADS', '2')}")
-    print("| method | ours time (s) | llm-compressor time (s) | time ratio ours ÷ theirs | ours peak RSS (MiB) | "
-          "theirs peak RSS (MiB) | sparsity ours / theirs | embedding zeros ours / theirs | perplexity ours / theirs |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    table = []
     for method, o, p in rows:
         if "error" in o or "error" in p:
-            print(f"| {method} | {o.get('seconds', float('nan')):.0f} | {p.get('error', '')} | | | | | | |")
+            table.append([method, f"{o.get('seconds', float('nan')):.0f}", p.get("error", "")] + [""] * 6)
             continue
-        print(f"| {method} | {o['seconds']:.0f} | {p['seconds']:.0f} | {o['seconds'] / p['seconds']:.2f} | "
-              f"{o['peak'] / 2**20:.0f} | {p['peak'] / 2**20:.0f} | {o['sparsity']:.4f} / {p['sparsity']:.4f} | "
-              f"{o['embedding_zeros']:.4f} / {p['embedding_zeros']:.4f} | "
-              f"{o['ppl']:.2f} / {p['ppl']:.2f} |")
-
+        table.append([method, f"{o['seconds']:.0f}", f"{p['seconds']:.0f}", f"{o['seconds'] / p['seconds']:.2f}",
+                      f"{o['peak'] / 2**20:.0f}", f"{p['peak'] / 2**20:.0f}",
+                      f"{o['sparsity']:.4f} / {p['sparsity']:.4f}",
+                      f"{o['embedding_zeros']:.4f} / {p['embedding_zeros']:.4f}", f"{o['ppl']:.2f} / {p['ppl']:.2f}"])
+    print(markdown_table(["method", "ours time (s)", "llm-compressor time (s)", "time ratio ours ÷ theirs",
+                          "ours peak RSS (MiB)", "theirs peak RSS (MiB)", "sparsity ours / theirs",
+                          "embedding zeros ours / theirs", "perplexity ours / theirs"], table))
 
 if __name__ == "__main__":
     main()

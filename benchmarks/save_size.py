@@ -14,7 +14,7 @@ import os
 import tempfile
 from pathlib import Path
 
-DATA = Path(os.environ.get("POLYPRUNE_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+from _common import DATA, markdown_table
 
 CASES = [  # (label, method, pattern, method options, export format)
     ("unstructured 50 %", "magnitude", "unstructured", {}, "sparse-bitmask"),
@@ -61,12 +61,11 @@ def main() -> None:
                   f"{rep['dense_bytes'] / 2**20:8.1f} MiB = {rep['ratio']:.3f}   decoder Linears "
                   f"{rep['matrix_ratio']:.3f}   round trip {ok}", flush=True)
     print(f"\n{args.model}, export dtype {args.dtype or 'as checkpoint'}")
-    print("| run | format | on disk (MiB) | dense (MiB) | ratio | decoder Linear ratio | round trip exact |")
-    print("|---|---|---|---|---|---|---|")
-    for label, rep, ok in rows:
-        print(f"| {label} | {rep['format']} | {rep['compressed_bytes'] / 2**20:.1f} | {rep['dense_bytes'] / 2**20:.1f} | "
-              f"{rep['ratio']:.3f} | {rep['matrix_ratio']:.3f} | {ok} |")
-
+    print(markdown_table(["run", "format", "on disk (MiB)", "dense (MiB)", "ratio", "decoder Linear ratio",
+                          "round trip exact"],
+                         [[label, rep["format"], f"{rep['compressed_bytes'] / 2**20:.1f}",
+                           f"{rep['dense_bytes'] / 2**20:.1f}", f"{rep['ratio']:.3f}", f"{rep['matrix_ratio']:.3f}", ok]
+                          for label, rep, ok in rows]))
 
 if __name__ == "__main__":
     main()

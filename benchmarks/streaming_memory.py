@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import CACHE, DATA, peak_rss, run_child
+from _common import CACHE, DATA, markdown_table, peak_rss, run_child
 
 
 def smollm2_dir() -> Path:
@@ -120,12 +120,10 @@ def main() -> None:
                   f"sparsity {r['sparsity']:.4f}", flush=True)
     print(f"\n{args.method} 50 %, {args.nsamples}×{args.seqlen} tokens ({rows[0][2]['calibration']}); fp32 size: "
           + ", ".join(f"{n} {r['fp32'] / 2**20:.0f} MiB" for n, m, r in rows if m == rows[0][1]))
-    print("| model | mode | peak RSS (MiB) | peak ÷ fp32 size | (peak − after imports) ÷ fp32 size | time (s) |")
-    print("|---|---|---|---|---|---|")
-    for name, mode, r in rows:
-        print(f"| {name} | {mode} | {r['peak'] / 2**20:.0f} | {r['peak'] / r['fp32']:.3f} | "
-              f"{(r['peak'] - r['base']) / r['fp32']:.3f} | {r['seconds']:.0f} |")
-
+    print(markdown_table(["model", "mode", "peak RSS (MiB)", "peak ÷ fp32 size", "(peak − after imports) ÷ fp32 size",
+                          "time (s)"],
+                         [[name, mode, f"{r['peak'] / 2**20:.0f}", f"{r['peak'] / r['fp32']:.3f}",
+                           f"{(r['peak'] - r['base']) / r['fp32']:.3f}", f"{r['seconds']:.0f}"] for name, mode, r in rows]))
 
 if __name__ == "__main__":
     main()

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from _common import peak_rss, run_child  # noqa: E402
+from _common import markdown_table, peak_rss, run_child  # noqa: E402
 
 
 def test_child_json_and_failures():
@@ -16,3 +16,7 @@ def test_child_json_and_failures():
     with pytest.raises(SystemExit, match="bad failed:\nno model here"):
         run_child(bad, "bad")
     assert peak_rss() > 10 * 2**20
+
+
+def test_markdown_table():
+    assert markdown_table(["a", "b"], [["1", 2], ["x", ""]]) == "| a | b |\n|---|---|\n| 1 | 2 |\n| x |  |"
