@@ -172,8 +172,10 @@ def test_lrp2_result_is_a_row_of_its_task(tmp_path):
     dense = [i % 2 for i in range(N)]
     lrp2 = _acc_result({"fra_Latn": _flip(dense, 50)})
     lrp2["task"] = "xnli-lrp2"
-    _write_cells(tmp_path, [(L("dense"), {"xnli": _acc_result({"fra_Latn": dense}), "xnli-lrp2": lrp2})])
+    _write_cells(tmp_path, [(L("dense"), {"xnli": _acc_result({"eng_Latn": dense, "fra_Latn": dense}),
+                                          "xnli-lrp2": lrp2})])
     (x,) = build_tables(collect(tmp_path))
+    assert x.langs == ["eng_Latn", "fra_Latn"]  # the task's own order, though the variant's file is read first
     assert x.task == "xnli" and [r.label for r in x.rows] == ["m · dense", "m · lrp2"]
     assert x.rows[0].is_baseline and x.rows[1].marks == {"fra_Latn": "†"}
 

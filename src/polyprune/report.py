@@ -232,7 +232,7 @@ def build_tables(entries: list[Entry], baseline: str | None = None, significance
     for task, ents in by_task.items():
         prim = ents[0].result["primary"]
         langs: list[str] = []
-        for e in ents:
+        for e in sorted(ents, key=lambda e: e.labels.get("variant", "-") != "-"):  # variants' languages last
             for lang in e.result["primary"]["per_lang"]:
                 if lang not in langs:
                     langs.append(lang)
