@@ -57,7 +57,8 @@ def capture(model: nn.Module, calibration: Calibration, count_pads: bool = False
     """Layer-0 hidden states of every sample and the call arguments of every layer.
 
     Consecutive samples of one shape (and pad mask) run as one batch of at most ``batch_tokens``
-    tokens (default ``BATCH_TOKENS``): fewer, larger matmuls; statistics are still added sample by sample, in sample order.
+    tokens (default ``BATCH_TOKENS``): fewer, larger matmuls; statistics are still added sample by
+    sample, in sample order.
 
     Pads (attention_mask 0) are removed before the forward unless ``count_pads`` (the references'
     behaviour: pads stay in the sequence and in the statistics). ``activation_dtype``: store the

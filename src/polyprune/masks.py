@@ -83,11 +83,13 @@ def lowest_k(scores: torch.Tensor, k: int) -> torch.Tensor:
         out = torch.zeros(rows, n, dtype=torch.bool)
         return out.scatter_(1, torch.sort(scores, dim=-1, stable=True)[1][:, :k], True)
     pruned = scores <= kth
-    extra = pruned.sum(1) - k  # rows with more ties at the k-th value than places left
-    for r in torch.nonzero(extra > 0).flatten().tolist():
-        tied = scores[r] == kth[r]
-        drop = torch.nonzero(tied).flatten()[-int(extra[r]):]  # the rightmost tied entries stay
-        pruned[r, drop] = False
+    rows = torch.nonzero(pruned.sum(1) > k).flatten()  # more ties at the k-th value than places left
+    if rows.numel():
+        sub, t = scores[rows], kth[rows]
+        below = sub < t
+        room = k - below.sum(1, keepdim=True)  # tied entries that still go, counted from the left
+        tied = sub == t
+        pruned[rows] = below | (tied & (tied.cumsum(1) <= room))
     return pruned
 
 
