@@ -138,7 +138,8 @@ def _analysis_results(folder: Path) -> list[dict]:
     for fname, specs in ANALYSIS_TABLES.items():
         recs = _analysis_records(folder, fname)
         for task, key, metric, hib in specs:
-            per_lang = {r["lang"]: r.get(key) for r in recs}
+            # non-numbers ("inf": SNR of an unpruned model) show as missing
+            per_lang = {r["lang"]: (v if isinstance(v := r.get(key), (int, float)) else None) for r in recs}
             if per_lang:
                 out.append({"task": task, "primary": {"metric": metric, "higher_is_better": hib,
                                                        "per_lang": per_lang}})
