@@ -187,8 +187,6 @@ def collect_layer_stats(layer: nn.Module, entries: list[Entry], index: int, kind
                     out = run_layer(layer, e, index)
                 except _Seen:
                     continue
-                finally:
-                    current["inputs"] = []
                 check_finite(out, name or str(index))
                 if keep_outputs:
                     e.hidden = out
