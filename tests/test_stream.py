@@ -90,3 +90,7 @@ def test_cli_offload_and_bad_input(tiny_dir, tmp_path, monkeypatch):
     r = CliRunner().invoke(app, args + ["--offload", "--out", str(tmp_path / "run2")])
     assert isinstance(r.exception, UserError) and "disk space" in str(r.exception)
     assert not (tmp_path / "run2").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".run2")]
+    monkeypatch.undo()
+    r = CliRunner().invoke(app, args + ["--offload", "--keep-stats", "--out", str(tmp_path / "run3")])
+    assert isinstance(r.exception, UserError) and "--keep-stats needs the whole model" in str(r.exception)
+    assert not (tmp_path / "run3").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".run3")]

@@ -60,18 +60,21 @@ def build_run_calibration(cfg: RunConfig, tokenizer) -> Calibration | None:
                                    needs_data=cfg.allocation not in (None, "", "uniform"))
 
 
+def engine_options(cfg: RunConfig) -> dict:
+    """The keyword arguments of :func:`polyprune.prune` that a run config sets (the one place that
+    maps a config to the engine: single runs, grid cells, streamed runs)."""
+    return dict(seed=cfg.seed, sequential=cfg.sequential, count_pads=cfg.count_pads,
+                keep_dense_layers=cfg.keep_dense_layers or None, keep_stats=cfg.keep_stats,
+                allocation=cfg.allocation, allocation_options=cfg.allocation_options,
+                refine=cfg.refine, refine_options=cfg.refine_options, **cfg.method_options)
+
+
 def prune_with_config(model, cal: Calibration | None, cfg: RunConfig):
-    """:func:`polyprune.prune` with every setting of ``cfg`` (the one place that maps a config to
-    the engine's arguments: single runs, grid cells)."""
+    """:func:`polyprune.prune` with every setting of ``cfg``."""
     from .model import resolve_dtype
     from .prune import prune
     act = resolve_dtype(cfg.activation_dtype, None) if cfg.activation_dtype else None
-    return prune(model, cal, cfg.method, cfg.sparsity, cfg.pattern, seed=cfg.seed,
-                 sequential=cfg.sequential, count_pads=cfg.count_pads,
-                 keep_dense_layers=cfg.keep_dense_layers or None, keep_stats=cfg.keep_stats,
-                 allocation=cfg.allocation, allocation_options=cfg.allocation_options,
-                 refine=cfg.refine, refine_options=cfg.refine_options, activation_dtype=act,
-                 **cfg.method_options)
+    return prune(model, cal, cfg.method, cfg.sparsity, cfg.pattern, activation_dtype=act, **engine_options(cfg))
 
 
 def run_prune(cfg: RunConfig, out: str | Path, force: bool = False) -> Path:

@@ -465,6 +465,9 @@ def stream_prune(model_dir: str | Path, calibration: Any, out: str | Path, metho
     if prune_options.get("allocation") not in (None, "", "uniform"):
         raise UserError("layer-wise sparsity allocation needs the whole model in memory: drop --allocation "
                         "or --offload, or give layer_sparsity explicitly")
+    if prune_options.get("keep_stats"):
+        raise UserError("--keep-stats needs the whole model in memory (statistics are saved with the masks "
+                        "at the end): drop --keep-stats or --offload")
     meth = get_method(method)
     dt = resolve_dtype(dtype, torch.device("cpu"))
     act = resolve_dtype(activation_dtype, torch.device("cpu")) if activation_dtype else None
@@ -518,7 +521,7 @@ def run_prune_streaming(cfg, out: str | Path, force: bool = False) -> Path:
     usual files plus the pruned checkpoint in ``model/``."""
     import yaml
     from .model import load_tokenizer
-    from .pipeline import calibration_from_config
+    from .pipeline import calibration_from_config, engine_options
     from .run import staged_dir, versions, write_json
     out = Path(out)
     if cfg.device not in (None, "auto", "cpu"):
@@ -530,11 +533,7 @@ def run_prune_streaming(cfg, out: str | Path, force: bool = False) -> Path:
         tok = load_tokenizer(str(src))
         cal = calibration_from_config(cfg.calibration, tok, cfg.seed, cfg.method)
         rec = stream_prune(src, cal, tmp, cfg.method, cfg.sparsity, cfg.pattern, dtype=cfg.dtype,
-                           activation_dtype=getattr(cfg, "activation_dtype", None), seed=cfg.seed,
-                           sequential=cfg.sequential, count_pads=cfg.count_pads,
-                           keep_dense_layers=cfg.keep_dense_layers or None, keep_stats=False,
-                           allocation=cfg.allocation, refine=getattr(cfg, "refine", None),
-                           refine_options=getattr(cfg, "refine_options", None), **cfg.method_options)
+                           activation_dtype=cfg.activation_dtype, **engine_options(cfg))
         data = cfg.model_dump(mode="json")
         data["versions"] = versions()
         (tmp / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
