@@ -78,6 +78,20 @@ def child(args) -> None:
     model = AutoModelForCausalLM.from_pretrained(args.dir, dtype=torch.float32).eval()
     base = peak_rss()
     ids = data["calib"]
+    if args.impl == "dense":  # one dense pass through the decoder layers over the same tokens
+        import polyprune as pp
+        from polyprune.collect import capture, run_layer
+        from polyprune.model import find_layers
+        layers = find_layers(model)[1]
+        with torch.no_grad():
+            entries = capture(model, pp.Calibration([pp.Sample(r) for r in ids]), layers=layers)
+            t0 = time.perf_counter()
+            for i, layer in enumerate(layers):
+                for e in entries:
+                    e.hidden = run_layer(layer, e, i)
+            dt = time.perf_counter() - t0
+        print(json.dumps({"seconds": dt, "peak": peak_rss(), "base": base}))
+        return
     if args.impl == "ours":
         import polyprune as pp
         t0 = time.perf_counter()
@@ -137,6 +151,8 @@ def main() -> None:
         data = Path(d) / "tokens.pt"
         source = prepare(folder, args.nsamples, args.seqlen, args.eval_windows, data)
         rows = []
+        dense = peer_child(sys.executable, "dense", "none", folder, data)
+        print("one dense decoder forward", dense, flush=True)
         for method in args.methods.split(","):
             ours = peer_child(sys.executable, "ours", method, folder, data)
             peer = peer_child(args.peer_python, "peer", method, folder, data) if peer_ok else {"error": "not installed"}
@@ -144,17 +160,20 @@ def main() -> None:
             print(method, "ours", ours, "llm-compressor", peer, flush=True)
     print(f"\n{args.model}, {args.nsamples}×{args.seqlen} tokens ({source}), 50 % unstructured, "
           f"torch threads {os.environ.get('BENCH_THREADS', '2')}")
+    fwd = dense.get("seconds", float("nan"))
+    print(f"one dense forward through the decoder layers over the same tokens: {fwd:.1f} s")
     table = []
     for method, o, p in rows:
         if "error" in o or "error" in p:
-            table.append([method, f"{o.get('seconds', float('nan')):.0f}", p.get("error", "")] + [""] * 6)
+            table.append([method, f"{o.get('seconds', float('nan')):.0f}", p.get("error", "")] + [""] * 8)
             continue
         table.append([method, f"{o['seconds']:.0f}", f"{p['seconds']:.0f}", f"{o['seconds'] / p['seconds']:.2f}",
+                      f"{o['seconds'] / fwd:.2f}", f"{p['seconds'] / fwd:.2f}",
                       f"{o['peak'] / 2**20:.0f}", f"{p['peak'] / 2**20:.0f}",
                       f"{o['sparsity']:.4f} / {p['sparsity']:.4f}",
                       f"{o['embedding_zeros']:.4f} / {p['embedding_zeros']:.4f}", f"{o['ppl']:.2f} / {p['ppl']:.2f}"])
     print(markdown_table(["method", "ours time (s)", "llm-compressor time (s)", "time ratio ours ÷ theirs",
-                          "ours peak RSS (MiB)", "theirs peak RSS (MiB)", "sparsity ours / theirs",
+                          "ours ÷ dense forward", "theirs ÷ dense forward", "ours peak RSS (MiB)", "theirs peak RSS (MiB)", "sparsity ours / theirs",
                           "embedding zeros ours / theirs", "perplexity ours / theirs"], table))
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from polyprune.masks import Pattern, build_pruned, nm_pruned, parse_pattern, top
 from polyprune.methods import Spec, get_method
 from polyprune.methods.sparsegpt import sparsegpt_prune
 from polyprune.methods.wanda import variant_pruned
-from polyprune.stats import ModuleStats, SetStats
+from polyprune.stats import ModuleStats, SetStats, column_norms
 from polyprune.errors import UserError
 
 
@@ -51,6 +51,28 @@ def test_wanda_statistic_is_mean_over_samples_of_token_sums():
     st.add(torch.tensor([[2.0, 2.0]]))  # sample 2: [4, 4]
     assert torch.allclose(st.scaler_row, torch.tensor([7.0, 4.0]))
     assert st.ntokens == 3 and st.nsamples == 2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("cols", [640, 1024, 2048])
+def test_column_norms_are_the_references_bits(cols, dtype):
+    """The padded copy (for cache-aliasing row strides) sums each column in the same order as the
+    references' torch.norm(x.t().float(), dim=1): identical bits, on batch slices as the hooks see them."""
+    g = torch.Generator().manual_seed(cols)
+    batch = (torch.randn(3, 257, cols, generator=g) * 4).to(dtype)
+    threads = torch.get_num_threads()
+    try:
+        for n in sorted({1, threads}):
+            torch.set_num_threads(n)
+            for b in range(3):
+                x = batch[b].reshape(-1, cols)
+                ref = torch.norm(x.t().float(), p=2, dim=1)
+                assert torch.equal(column_norms(x), ref), (n, b)
+    finally:
+        torch.set_num_threads(threads)
+    # a plain sum of squares differs in the last bits: the test can tell the orders apart
+    x = batch[0].float()
+    assert not torch.equal((x * x).sum(0).sqrt(), torch.norm(x.t(), p=2, dim=1))
 
 
 def test_hessian_statistic():

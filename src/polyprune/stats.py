@@ -14,6 +14,22 @@ from dataclasses import dataclass, field
 import torch
 
 KINDS = ("sqnorm", "hessian", "moments", "per_lang")
+ALIASING_STRIDE = 2048  # bytes: rows this far apart (or a multiple) share cache sets
+
+
+def column_norms(x: torch.Tensor) -> torch.Tensor:
+    """‖x[:, j]‖₂ of x [tokens, columns] in fp32, bit-identical to the references'
+    ``torch.norm(x.t().float(), p=2, dim=1)``.
+
+    That reduction runs down each column, one row after another; when the row stride is a multiple of
+    2 KiB (1024 or 2048 fp32 features: o_proj / down_proj inputs) every step lands in the same cache
+    set. Such inputs are first copied into a buffer whose rows are 64 bytes longer: each column is
+    still summed in the same order (so the same bits), about three times faster."""
+    if x.dim() == 2 and x.shape[0] > 1 and x.stride(1) == 1 and x.shape[1] * 4 % ALIASING_STRIDE == 0:
+        buf = torch.empty(x.shape[0], x.shape[1] + 16, dtype=torch.float32)[:, : x.shape[1]]
+        buf.copy_(x)
+        x = buf
+    return torch.norm(x.t().to(torch.float32), p=2, dim=1)
 
 
 @dataclass
@@ -55,11 +71,11 @@ class ModuleStats:
         if self.scaler_row is not None or self.H is not None:
             n_old = self.nsamples
             n_new = n_old + batch
-            xt = x.t().to(torch.float32)
             if self.scaler_row is not None:
                 self.scaler_row *= n_old / n_new
-                self.scaler_row += torch.norm(xt, p=2, dim=1) ** 2 / n_new
+                self.scaler_row += column_norms(x) ** 2 / n_new
             if self.H is not None:
+                xt = x.t().to(torch.float32)
                 self.H *= n_old / n_new
                 xs = math.sqrt(2 / n_new) * xt
                 self.H += xs.matmul(xs.t())
