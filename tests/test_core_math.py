@@ -125,6 +125,18 @@ def test_lowest_k_equals_the_first_k_of_a_stable_sort(dtype):
     assert lowest_k(tied, 3).tolist() == [[True, True, True, False, False, False]]
 
 
+def test_lowest_k_in_row_blocks_is_the_same(monkeypatch):
+    """Large matrices go through in blocks of rows (bounded temporaries): same mask, NaN rows included."""
+    from polyprune import masks
+    g = torch.Generator().manual_seed(1)
+    s = torch.randint(0, 5, (37, 16), generator=g).float()
+    s[3, :10] = float("nan")  # the 9th lowest of row 3 is NaN: the sort fallback, for its block only
+    want = torch.zeros(37, 16, dtype=torch.bool).scatter_(1, torch.sort(s, dim=-1, stable=True)[1][:, :9], True)
+    assert torch.equal(masks.lowest_k(s, 9), want)
+    monkeypatch.setattr(masks, "ROW_BLOCK_ELEMENTS", 5 * 16)  # blocks of 5 rows, the last one of 2
+    assert torch.equal(masks.lowest_k(s, 9), want)
+
+
 def test_nm_exact_per_group():
     g = torch.Generator().manual_seed(0)
     s = torch.rand(8, 16, generator=g)

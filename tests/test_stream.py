@@ -7,7 +7,8 @@ import torch
 import polyprune as pp
 from polyprune.errors import UserError
 from polyprune.masks import load_masks
-from polyprune.stream import Checkpoint, SafetensorsWriter, check_target, parse_size, stream_prune
+from polyprune.stream import (Checkpoint, SafetensorsWriter, check_target, parse_size, return_freed_memory,
+                              save_tensors, stream_prune)
 
 
 @pytest.mark.parametrize("family,method,pattern", [("gemma3", "wanda", "unstructured"), ("gpt2", "sparsegpt", "2:4"),
@@ -57,6 +58,33 @@ def test_writer_round_trip_and_no_leftovers(tmp_path):
     back = load_file(str(tmp_path / "x.safetensors"))
     assert all(torch.equal(back[k], v) for k, v in tensors.items())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.safetensors"]
+
+
+def test_save_tensors_writes_what_safetensors_reads(tmp_path):
+    """Header first, then each tensor's bytes from its own storage (nothing assembled in memory);
+    ``dtypes`` converts one tensor at a time; the header agrees with safetensors' own reader."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    g = torch.Generator().manual_seed(0)
+    tensors = {"w": torch.randn(5, 7, generator=g), "m": torch.rand(4, generator=g) > 0.5,
+               "h": torch.randn(3, generator=g).to(torch.bfloat16), "e": torch.zeros(0, 2),
+               "t": torch.randn(4, 6, generator=g).t()}  # not contiguous
+    n = save_tensors(tmp_path / "a.safetensors", tensors, {"format": "pt"}, {"w": torch.float16})
+    back = load_file(str(tmp_path / "a.safetensors"))
+    assert back["w"].dtype == torch.float16 and torch.equal(back["w"], tensors["w"].half())
+    assert all(torch.equal(back[k], tensors[k]) for k in ("m", "h", "e", "t"))
+    assert n == 5 * 7 * 2 + 4 + 3 * 2 + 0 + 24 * 4
+    with safe_open(str(tmp_path / "a.safetensors"), "pt") as f:
+        assert f.metadata() == {"format": "pt"}
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "a.safetensors").rename(tmp_path / "ck" / "model.safetensors")
+    ckpt = Checkpoint(tmp_path / "ck")  # our own header reader sees the same offsets
+    assert torch.equal(ckpt.load("t"), tensors["t"]) and ckpt.dtype("w") == torch.float16
+
+
+def test_return_freed_memory_applies_on_glibc():
+    import platform
+    assert return_freed_memory() is (platform.libc_ver()[0] == "glibc")
 
 
 def test_bad_offload_targets(tmp_path, monkeypatch):

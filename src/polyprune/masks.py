@@ -69,18 +69,33 @@ def nm_pruned(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     return pruned.reshape(rows, cols)
 
 
+ROW_BLOCK_ELEMENTS = 1 << 22  # lowest_k works on blocks of rows this large: kthvalue copies its input
+# and allocates int64 indices of the same size, 12 bytes per score for the whole matrix otherwise
+
+
 def lowest_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     """True at the ``k`` lowest entries of every row of ``scores`` [rows, n], ties going to the
     earlier index: exactly the first ``k`` of a stable ascending sort, in O(n) per row (the k-th
-    value by selection, then the tied entries at that value counted from the left)."""
+    value by selection, then the tied entries at that value counted from the left). Rows are
+    independent: large matrices go through in blocks of rows (bounded temporaries, same result)."""
     rows, n = scores.shape
     if k <= 0:
         return torch.zeros(rows, n, dtype=torch.bool)
     if k >= n:
         return torch.ones(rows, n, dtype=torch.bool)
+    step = max(1, ROW_BLOCK_ELEMENTS // n)
+    if rows <= step:
+        return _lowest_k(scores, k)
+    out = torch.empty(rows, n, dtype=torch.bool)
+    for r in range(0, rows, step):
+        out[r:r + step] = _lowest_k(scores[r:r + step], k)
+    return out
+
+
+def _lowest_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     kth = torch.kthvalue(scores, k, dim=1, keepdim=True).values
     if kth.is_floating_point() and bool(torch.isnan(kth).any()):  # NaN sorts last; only sort can order them
-        out = torch.zeros(rows, n, dtype=torch.bool)
+        out = torch.zeros(scores.shape, dtype=torch.bool)
         return out.scatter_(1, torch.sort(scores, dim=-1, stable=True)[1][:, :k], True)
     pruned = scores <= kth
     rows = torch.nonzero(pruned.sum(1) > k).flatten()  # more ties at the k-th value than places left

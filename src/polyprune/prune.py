@@ -151,7 +151,7 @@ def prune(model: nn.Module, calibration: Any = None, method: str = "wanda", spar
                 masks.permutations[full] = torch.as_tensor(res.info["permutation"], dtype=torch.long).cpu()
             kept = res.kept.to(torch.bool)
             with torch.no_grad():
-                new = res.weight if res.weight is not None else W * kept
+                new = res.weight if res.weight is not None else W.mul_(kept)  # W: this loop's own copy
                 stored = to_stored(mod, new.to(mod.weight.dtype)).to(device)
                 mod.weight.data.copy_(stored)
             masks[full] = to_stored(mod, kept).cpu()

@@ -14,6 +14,7 @@ Output (inside ``out``): ``model/`` (sharded safetensors + index + config + toke
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import mmap
@@ -40,6 +41,37 @@ ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "
 ST_NAMES = {v: k for k, v in ST_DTYPES.items()}
 CHUNK = 16 << 20
 WEIGHT_FILE = re.compile(r".*\.(safetensors|bin|pt|pth|gguf|ckpt|h5|msgpack)$|.*\.safetensors\.index\.json$")
+
+
+# ---------------------------------------------------------------------------------------------
+# the allocator
+
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+
+
+def _libc():
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to tune
+        return None
+
+
+def return_freed_memory(threshold: int = 1 << 20) -> bool:
+    """Make glibc serve allocations ≥ ``threshold`` bytes from their own mappings, given back to the OS
+    when freed. By default the threshold grows with every large block freed (up to 32 MiB), so a
+    layer's tensors end up in a heap that fragments: measured on a 1 B-parameter Llama, the
+    streamed peak crept up by ≈ 40 MiB per layer; with a fixed threshold the resident size returns
+    to the same value after every layer. Process-wide and permanent (the CLI process ends after the
+    run). Returns whether it was applied."""
+    libc = _libc()
+    return bool(libc is not None and hasattr(libc, "mallopt") and libc.mallopt(M_MMAP_THRESHOLD, threshold))
+
+
+def trim_heap() -> None:
+    """Give free heap pages back to the OS (glibc ``malloc_trim``), e.g. after a layer is released."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,6 +174,40 @@ class Checkpoint:
 # ---------------------------------------------------------------------------------------------
 # writing safetensors tensor by tensor
 
+def _raw(t: torch.Tensor) -> memoryview | bytes:
+    """A tensor's bytes without a copy (contiguous CPU tensors; bf16 goes through a uint8 view)."""
+    t = t.detach().contiguous().cpu()
+    return memoryview(t.reshape(-1).view(torch.uint8).numpy()) if t.numel() else b""
+
+
+def _header_blob(header: dict[str, Any], metadata: dict[str, str] | None) -> bytes:
+    """The 8-byte length + JSON header of a safetensors file (padded to 8 bytes)."""
+    header = dict(sorted(header.items()))
+    if metadata:
+        header["__metadata__"] = metadata
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    return struct.pack("<Q", len(blob)) + blob
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None,
+                 dtypes: dict[str, torch.dtype] | None = None) -> int:
+    """Like ``safetensors.torch.save_file``, but the header first and then each tensor's bytes straight
+    from its storage: the file is never assembled in memory (save_file builds it whole). ``dtypes``:
+    store these tensors in another dtype (converted one at a time). Returns the data bytes."""
+    dtypes = {k: dtypes.get(k, t.dtype) if dtypes else t.dtype for k, t in tensors.items()}
+    header, offset = {}, 0
+    for name, t in tensors.items():
+        n = t.numel() * dtypes[name].itemsize
+        header[name] = {"dtype": ST_NAMES[dtypes[name]], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    with open(path, "wb") as f:
+        f.write(_header_blob(header, metadata))
+        for name, t in tensors.items():
+            f.write(_raw(t.to(dtypes[name])))
+    return offset
+
+
 class SafetensorsWriter:
     """Write one safetensors file tensor by tensor: data go to a side file as they come, the
     header and data are joined on :meth:`close`; nothing is kept in memory."""
@@ -162,10 +228,9 @@ class SafetensorsWriter:
         self.offset += nbytes
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
-        t = tensor.detach().contiguous().cpu()
-        raw = t.reshape(-1).view(torch.uint8).numpy() if t.numel() else np.zeros(0, np.uint8)
-        self.data.write(raw.tobytes())
-        self._entry(name, t.dtype, t.shape, raw.nbytes)
+        raw = _raw(tensor)
+        self.data.write(raw)
+        self._entry(name, tensor.dtype, tensor.shape, len(raw) if isinstance(raw, bytes) else raw.nbytes)
 
     def add_from(self, name: str, ckpt: Checkpoint, source_name: str | None = None) -> None:
         """Copy a tensor's bytes straight from a checkpoint."""
@@ -179,14 +244,8 @@ class SafetensorsWriter:
 
     def close(self) -> None:
         self.data.close()
-        header = dict(sorted(self.header.items()))
-        if self.metadata:
-            header["__metadata__"] = self.metadata
-        blob = json.dumps(header, separators=(",", ":")).encode()
-        blob += b" " * (-len(blob) % 8)
         with open(self.path, "wb") as out, open(self.data_path, "rb") as data:
-            out.write(struct.pack("<Q", len(blob)))
-            out.write(blob)
+            out.write(_header_blob(self.header, self.metadata))
             shutil.copyfileobj(data, out, CHUNK)
         self.data_path.unlink()
 
@@ -331,15 +390,14 @@ class LayerStreamer:
         prefix = f"{self.path}.{i}."
         state = _state_names(layer, prefix)
         shard = self.shard_name(i + 2)
-        from safetensors.torch import save_file
         tensors = {}
         for k in self._layer_keys(i):
             if k not in state:
                 raise UserError(f"checkpoint tensor {k} is not a tensor of the model: re-save it with save_pretrained")
-            tensors[k] = state[k].detach().to(self.ckpt.dtype(k)).contiguous()
+            tensors[k] = state[k]
             self.weight_map[k] = shard
-        save_file(tensors, str(self.model_dir / shard), metadata={"format": "pt"})
-        self.total_size += sum(t.numel() * t.element_size() for t in tensors.values())
+        self.total_size += save_tensors(self.model_dir / shard, tensors, {"format": "pt"},
+                                        {k: self.ckpt.dtype(k) for k in tensors})
         del tensors
         from .formats import info_items
         for name in [n for n in masks if n.startswith(prefix)]:
@@ -358,6 +416,8 @@ class LayerStreamer:
         for name, t in state.items():  # free: back to meta
             if t.device.type != "meta" and name in self.ckpt:
                 _set_tensor(self.model, name, torch.empty(t.shape, dtype=t.dtype, device="meta"))
+        del state
+        trim_heap()
         self.write_s += time.perf_counter() - t0
 
     def finish(self, source: Path) -> dict:
@@ -481,6 +541,7 @@ def stream_prune(model_dir: str | Path, calibration: Any, out: str | Path, metho
     n_layers = len(find_layers(model)[1])
     io = LayerStreamer(model, path, ckpt, out, dt, n_layers,
                        {"method": method, "model": str(model_dir), "pattern": str(pattern), "sparsity": str(sparsity)})
+    return_freed_memory()
     try:
         io.write_outside()
         masks = prune(model, calibration, method, sparsity, pattern, layer_io=io, activation_dtype=act,

@@ -9,7 +9,8 @@ from . import MethodResult, Spec, register
 
 def wanda_scores(W: torch.Tensor, feature_norm: torch.Tensor) -> torch.Tensor:
     """|W_ij| · ‖X_j‖."""
-    return W.abs() * feature_norm.reshape(1, -1)
+    a, n = W.abs(), feature_norm.reshape(1, -1)
+    return a.mul_(n) if torch.result_type(a, n) == a.dtype else a * n  # in place: one temporary less
 
 
 def _mask_given_alpha(alpha, sorted_vals, metric, cumsum, row_sum):
