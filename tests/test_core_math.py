@@ -55,12 +55,20 @@ def test_wanda_statistic_is_mean_over_samples_of_token_sums():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("cols", [640, 1024, 2048])
-def test_column_norms_are_the_references_bits(cols, dtype):
+@pytest.mark.parametrize("always_pad", [False, True])
+def test_column_norms_are_the_references_bits(cols, dtype, always_pad, monkeypatch):
     """The padded copy (for cache-aliasing row strides) sums each column in the same order as the
-    references' torch.norm(x.t().float(), dim=1): identical bits, on batch slices as the hooks see them."""
+    references' torch.norm(x.t().float(), dim=1): identical bits, on batch slices as the hooks see them
+    (1024 / 2048 columns take the copy; ``always_pad`` sends every width through it)."""
+    from polyprune import stats
+    if always_pad:
+        monkeypatch.setattr(stats, "ALIASING_STRIDE", 4)
     g = torch.Generator().manual_seed(cols)
     batch = (torch.randn(3, 257, cols, generator=g) * 4).to(dtype)
     threads = torch.get_num_threads()
+    copies = []
+    real_empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: copies.append(a) or real_empty(*a, **k))
     try:
         for n in sorted({1, threads}):
             torch.set_num_threads(n)
@@ -70,6 +78,7 @@ def test_column_norms_are_the_references_bits(cols, dtype):
                 assert torch.equal(column_norms(x), ref), (n, b)
     finally:
         torch.set_num_threads(threads)
+    assert bool(copies) == (always_pad or cols * 4 % 2048 == 0)
     # a plain sum of squares differs in the last bits: the test can tell the orders apart
     x = batch[0].float()
     assert not torch.equal((x * x).sum(0).sqrt(), torch.norm(x.t(), p=2, dim=1))
