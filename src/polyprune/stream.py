@@ -15,6 +15,7 @@ Output (inside ``out``): ``model/`` (sharded safetensors + index + config + toke
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import logging
 import mmap
@@ -49,6 +50,7 @@ WEIGHT_FILE = re.compile(r".*\.(safetensors|bin|pt|pth|gguf|ckpt|h5|msgpack)$|.*
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 
 
+@functools.lru_cache(maxsize=1)
 def _libc():
     try:
         return ctypes.CDLL("libc.so.6")
@@ -174,10 +176,13 @@ class Checkpoint:
 # ---------------------------------------------------------------------------------------------
 # writing safetensors tensor by tensor
 
-def _raw(t: torch.Tensor) -> memoryview | bytes:
+def _raw(t: torch.Tensor) -> memoryview:
     """A tensor's bytes without a copy (contiguous CPU tensors; bf16 goes through a uint8 view)."""
-    t = t.detach().contiguous().cpu()
-    return memoryview(t.reshape(-1).view(torch.uint8).numpy()) if t.numel() else b""
+    return memoryview(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy())
+
+
+def _header_entry(dtype: torch.dtype, shape, offset: int, nbytes: int) -> dict[str, Any]:
+    return {"dtype": ST_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
 
 
 def _header_blob(header: dict[str, Any], metadata: dict[str, str] | None) -> bytes:
@@ -199,7 +204,7 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
     header, offset = {}, 0
     for name, t in tensors.items():
         n = t.numel() * dtypes[name].itemsize
-        header[name] = {"dtype": ST_NAMES[dtypes[name]], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+        header[name] = _header_entry(dtypes[name], t.shape, offset, n)
         offset += n
     with open(path, "wb") as f:
         f.write(_header_blob(header, metadata))
@@ -223,14 +228,13 @@ class SafetensorsWriter:
     def _entry(self, name: str, dtype: torch.dtype, shape, nbytes: int) -> None:
         if name in self.header:
             raise ValueError(f"duplicate tensor {name}")
-        self.header[name] = {"dtype": ST_NAMES[dtype], "shape": list(shape),
-                             "data_offsets": [self.offset, self.offset + nbytes]}
+        self.header[name] = _header_entry(dtype, shape, self.offset, nbytes)
         self.offset += nbytes
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
         raw = _raw(tensor)
         self.data.write(raw)
-        self._entry(name, tensor.dtype, tensor.shape, len(raw) if isinstance(raw, bytes) else raw.nbytes)
+        self._entry(name, tensor.dtype, tensor.shape, raw.nbytes)
 
     def add_from(self, name: str, ckpt: Checkpoint, source_name: str | None = None) -> None:
         """Copy a tensor's bytes straight from a checkpoint."""
