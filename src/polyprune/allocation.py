@@ -23,6 +23,7 @@ import torch
 
 from .errors import UserError
 from .masks import Pattern, weight_matrix
+from .registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -50,21 +51,20 @@ class Allocation:
         return self.fn(model, calibration, sparsity, pattern, count_pads=count_pads, **{**self.options, **options})
 
 
-ALLOCATIONS: dict[str, Allocation] = {}
+ALLOCATIONS: Registry[Allocation] = Registry("allocation", also=("uniform",))
 
 
 def register_allocation(name: str, options: dict | None = None, needs_calibration: bool = True):
     """Decorator: register a layer-wise allocation under ``name``."""
     def deco(fn):
-        ALLOCATIONS[name] = Allocation(name, fn, dict(options or {}), needs_calibration, (fn.__doc__ or "").strip())
+        ALLOCATIONS.register(name, Allocation(name, fn, dict(options or {}), needs_calibration,
+                                              (fn.__doc__ or "").strip()))
         return fn
     return deco
 
 
 def get_allocation(name: str) -> Allocation:
-    if name not in ALLOCATIONS:
-        raise UserError(f"unknown allocation {name!r}: choose one of uniform, {', '.join(sorted(ALLOCATIONS))}")
-    return ALLOCATIONS[name]
+    return ALLOCATIONS.resolve(name)
 
 
 # ---------------------------------------------------------------------------------------------

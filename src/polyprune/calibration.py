@@ -15,6 +15,7 @@ from typing import Any, Callable
 import torch
 
 from .errors import UserError
+from .registry import Registry
 
 DEFAULT_SET = "target"
 
@@ -134,11 +135,45 @@ def as_calibration(obj: Any) -> Calibration:
     return cal
 
 
+def window_samples(tokenizer, text: str, nsamples: int, seqlen: int, rng: random.Random,
+                   langs: tuple[str, ...], source: dict, units: list[tuple[int, int]] | None = None,
+                   what: str = "calibration text") -> list[Sample]:
+    """``nsamples`` windows of exactly ``seqlen`` tokens at seeded offsets (Wanda's loader), each
+    starting with the tokenizer's special prefix (e.g. <bos>); ``units`` (id, start char) give the
+    line/record ids a window covers."""
+    from .data.text import units_in
+    from .prompts import special_prefix
+    prefix = special_prefix(tokenizer)
+    body = seqlen - len(prefix)
+    if body <= 0:
+        raise UserError(f"--seqlen {seqlen} leaves no room for text after the special tokens")
+    try:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=bool(units))
+    except (NotImplementedError, ValueError):  # slow tokenizers have no offsets: no line ids then
+        units = None
+        enc = tokenizer(text, add_special_tokens=False)
+    ids = enc["input_ids"]
+    n = len(ids)
+    if n <= body:
+        raise UserError(f"{what} has {n} tokens, not more than the {body} a window needs: "
+                        f"give more text or a smaller --seqlen")
+    out = []
+    for _ in range(nsamples):
+        i = rng.randint(0, n - body - 1)
+        window = ids[i:i + body]
+        src = {**source, "token_offset": i}
+        if units:
+            offs = enc["offset_mapping"]
+            src["lines"] = units_in(units, offs[i][0], offs[i + body - 1][1])
+        t = torch.tensor(prefix + window, dtype=torch.long)
+        out.append(Sample(t, torch.ones_like(t), langs, text=tokenizer.decode(window), source=src))
+    return out
+
+
 def from_text_file(path: str | Path, tokenizer, nsamples: int, seqlen: int, seed: int = 0,
                    langs: tuple[str, ...] = ()) -> Calibration:
     """``nsamples`` windows of ``seqlen`` tokens at seeded random offsets of a plain text file
     (Wanda's loader), each starting with the tokenizer's special prefix (e.g. Gemma's <bos>)."""
-    from .calibrations._util import window_samples
     p = Path(path)
     if not p.is_file():
         raise UserError(f"--calibration-file {p} does not exist: give a readable text file")
@@ -150,20 +185,16 @@ def from_text_file(path: str | Path, tokenizer, nsamples: int, seqlen: int, seed
     return Calibration(samples, "file", {"file": str(p), "nsamples": nsamples, "seqlen": seqlen, "seed": seed})
 
 
-# name -> builder(tokenizer, config: dict) -> Calibration. Language-aware recipes register here.
-RECIPES: dict[str, Callable[..., Calibration]] = {}
+# name -> builder(tokenizer, **config) -> Calibration; the recipes of polyprune.calibrations register here.
+RECIPES: Registry[Callable[..., Calibration]] = Registry("calibration recipe", "polyprune.calibrations")
 
 
 def register_recipe(name: str):
     def deco(fn):
-        RECIPES[name] = fn
-        return fn
+        return RECIPES.register(name, fn)
     return deco
 
 
 def build_calibration(name: str, tokenizer, **options) -> Calibration:
     """Build calibration samples with recipe ``name`` (see ``RECIPES``)."""
-    from . import calibrations as _  # noqa: F401  (registers the language-aware recipes)
-    if name not in RECIPES:
-        raise UserError(f"unknown calibration recipe {name!r}: choose one of {', '.join(sorted(RECIPES))}")
-    return RECIPES[name](tokenizer, **options)
+    return RECIPES.resolve(name)(tokenizer, **options)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import UserError
+from ..registry import Registry, first_line
 from .common import Options, Output, load_runs
 
 log = logging.getLogger(__name__)
@@ -26,12 +27,12 @@ class Analysis:
     help: str
 
 
-ANALYSES: dict[str, Analysis] = {}
+ANALYSES: Registry[Analysis] = Registry("analysis", also=("all",))
 
 
 def register_analysis(name: str, min_runs: int = 1, help: str = ""):
     def deco(fn):
-        ANALYSES[name] = Analysis(name, fn, min_runs, help or (fn.__doc__ or "").strip().split("\n")[0])
+        ANALYSES.register(name, Analysis(name, fn, min_runs, help or first_line(fn.__doc__)))
         return fn
     return deco
 
@@ -58,9 +59,7 @@ register_analysis("restoration", 1, "per-language perplexity with chosen layers 
 
 
 def get_analysis(name: str) -> Analysis:
-    if name not in ANALYSES:
-        raise UserError(f"unknown analysis {name!r}: choose one of {', '.join(ANALYSES)} (or all)")
-    return ANALYSES[name]
+    return ANALYSES.resolve(name)
 
 
 def analyze(runs: list[str | Path], what: list[str] | str, out: str | Path | None = None,

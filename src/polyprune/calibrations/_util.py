@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..calibration import Sample
+from ..calibration import Sample, window_samples  # noqa: F401  (re-exported for the recipes)
 from ..errors import UserError
 from ..prompts import special_prefix
 
@@ -52,40 +52,6 @@ def demo_sample(tokenizer, text: str, seqlen: int, langs: tuple[str, ...], sourc
         source = {**source, "truncated_to": seqlen}
         log.debug("calibration sample cut to %d tokens", seqlen)
     return Sample(ids, torch.ones_like(ids), langs, text=text, source=source)
-
-
-def window_samples(tokenizer, text: str, nsamples: int, seqlen: int, rng: random.Random,
-                   langs: tuple[str, ...], source: dict, units: list[tuple[int, int]] | None = None,
-                   what: str = "calibration text") -> list[Sample]:
-    """``nsamples`` windows of exactly ``seqlen`` tokens at seeded offsets (Wanda's loader), each
-    starting with the tokenizer's special prefix (e.g. <bos>); ``units`` (id, start char) give the
-    line/record ids a window covers."""
-    from ..data.text import units_in
-    prefix = special_prefix(tokenizer)
-    body = seqlen - len(prefix)
-    if body <= 0:
-        raise UserError(f"--seqlen {seqlen} leaves no room for text after the special tokens")
-    try:
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=bool(units))
-    except (NotImplementedError, ValueError):  # slow tokenizers have no offsets: no line ids then
-        units = None
-        enc = tokenizer(text, add_special_tokens=False)
-    ids = enc["input_ids"]
-    n = len(ids)
-    if n <= body:
-        raise UserError(f"{what} has {n} tokens, not more than the {body} a window needs: "
-                        f"give more text or a smaller --seqlen")
-    out = []
-    for _ in range(nsamples):
-        i = rng.randint(0, n - body - 1)
-        window = ids[i:i + body]
-        src = {**source, "token_offset": i}
-        if units:
-            offs = enc["offset_mapping"]
-            src["lines"] = units_in(units, offs[i][0], offs[i + body - 1][1])
-        t = torch.tensor(prefix + window, dtype=torch.long)
-        out.append(Sample(t, torch.ones_like(t), langs, text=tokenizer.decode(window), source=src))
-    return out
 
 
 def truncate(sample: Sample, n_tokens: int) -> Sample:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..errors import UserError
+from ..registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +60,15 @@ class Task:
     prepare: Callable[[Context, list], None] | None = None  # after loading, before any LRP2 projection
 
 
-TASKS: dict[str, Task] = {}
+def _load_tasks() -> None:
+    from . import tasks as _  # noqa: F401  (registers the built-in tasks)
+
+
+TASKS: Registry[Task] = Registry("task", _load_tasks, hint=f"or lm-eval:<task>, or <task>{LRP2_SUFFIX}")
 
 
 def register(task: Task) -> Task:
-    TASKS[task.name] = task
-    return task
+    return TASKS.register(task.name, task)
 
 
 def parse_task(name: str) -> tuple[str, dict]:
@@ -80,10 +84,7 @@ def parse_task(name: str) -> tuple[str, dict]:
 
 def get_task(name: str) -> Task:
     base, _ = parse_task(name)
-    if base not in TASKS:
-        raise UserError(f"unknown task {name!r}: choose one of {', '.join(sorted(TASKS))} "
-                        f"(or lm-eval:<task>, or <task>{LRP2_SUFFIX})")
-    return TASKS[base]
+    return TASKS.resolve(base)
 
 
 def result_name(task: str, options: dict | None = None) -> str:

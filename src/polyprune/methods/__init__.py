@@ -12,6 +12,7 @@ import torch
 
 from ..errors import UserError
 from ..masks import Pattern
+from ..registry import Registry
 
 
 @dataclass
@@ -50,23 +51,27 @@ class Method:
         return bool(self.needs)
 
 
-METHODS: dict[str, Method] = {}
+def _load_builtin() -> None:
+    import importlib
+    import pkgutil
+    for mod in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{mod.name}")
+
+
+METHODS: Registry[Method] = Registry("method", _load_builtin)
 
 
 def register(name: str, needs=(), sets=("target",), updates_weights=False, options=None):
     """Decorator: register a pruning method under ``name``."""
     def deco(fn):
-        METHODS[name] = Method(name, fn, frozenset(needs), tuple(sets) if needs else (),
-                               updates_weights, dict(options or {}), (fn.__doc__ or "").strip())
+        METHODS.register(name, Method(name, fn, frozenset(needs), tuple(sets) if needs else (),
+                                      updates_weights, dict(options or {}), (fn.__doc__ or "").strip()))
         return fn
     return deco
 
 
 def get_method(name: str) -> Method:
-    _load_builtin()
-    if name not in METHODS:
-        raise UserError(f"unknown method {name!r}: choose one of {', '.join(sorted(METHODS))}")
-    return METHODS[name]
+    return METHODS.resolve(name)
 
 
 def check_options(method: Method, options: dict[str, Any]) -> None:
@@ -87,36 +92,19 @@ class Refiner:
     doc: str = ""
 
 
-REFINERS: dict[str, Refiner] = {}
+REFINERS: Registry[Refiner] = Registry("refinement", _load_builtin)
 
 
 def register_refiner(name: str, needs=(), options=None):
     """Decorator: register a mask refinement (e.g. DSnoT) under ``name``."""
     def deco(fn):
-        REFINERS[name] = Refiner(name, fn, frozenset(needs), dict(options or {}), (fn.__doc__ or "").strip())
+        REFINERS.register(name, Refiner(name, fn, frozenset(needs), dict(options or {}), (fn.__doc__ or "").strip()))
         return fn
     return deco
 
 
 def get_refiner(name: str) -> Refiner:
-    _load_builtin()
-    if name not in REFINERS:
-        raise UserError(f"unknown refinement {name!r}: choose one of {', '.join(sorted(REFINERS)) or 'none'}")
-    return REFINERS[name]
-
-
-_LOADED = False
-
-
-def _load_builtin() -> None:
-    global _LOADED
-    if _LOADED:
-        return
-    _LOADED = True
-    import importlib
-    import pkgutil
-    for mod in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{mod.name}")
+    return REFINERS.resolve(name)
 
 
 __all__ = ["METHODS", "Method", "MethodResult", "REFINERS", "Refiner", "Spec", "check_options", "get_method",

@@ -21,6 +21,7 @@ from typing import Callable
 import torch
 
 from ..errors import UserError
+from ..registry import Registry
 from . import MethodResult, Spec, register
 from .wanda import prune_scores, wanda_scores
 
@@ -39,14 +40,13 @@ def language_summary(ms) -> dict[str, torch.Tensor]:
             else torch.zeros_like(n[0]), "actprob": torch.stack([probs[k] for k in langs]).to(torch.float32)}
 
 
-LANG_SCORES: dict[str, Callable[[dict, float], torch.Tensor]] = {}
+LANG_SCORES: Registry[Callable[[dict, float], torch.Tensor]] = Registry("language-aware score")
 
 
 def register_lang_score(name: str):
     """Register a per-feature language-aware norm ``fn(summary, beta) -> [in]`` (see ``language_summary``)."""
     def deco(fn):
-        LANG_SCORES[name] = fn
-        return fn
+        return LANG_SCORES.register(name, fn)
     return deco
 
 
@@ -57,9 +57,7 @@ def mean_plus_std(summary: dict, beta: float) -> torch.Tensor:
 
 
 def lang_wanda_scores(W: torch.Tensor, ms, beta: float = 1.0, score: str = "mean_std") -> torch.Tensor:
-    if score not in LANG_SCORES:
-        raise UserError(f"unknown language-aware score {score!r}: choose one of {', '.join(sorted(LANG_SCORES))}")
-    return wanda_scores(W, LANG_SCORES[score](language_summary(ms), beta))
+    return wanda_scores(W, LANG_SCORES.resolve(score)(language_summary(ms), beta))
 
 
 @register("lang-wanda", needs=("per_lang",), options={"beta": 1.0, "score": "mean_std", "use_variant": False})
