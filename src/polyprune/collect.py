@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_map
 
 from .calibration import Calibration, Sample
 from .errors import UserError
@@ -52,7 +53,8 @@ def _model_inputs(sample: Sample, count_pads: bool, device) -> tuple[torch.Tenso
 
 def capture(model: nn.Module, calibration: Calibration, count_pads: bool = False,
             layers: nn.ModuleList | None = None, activation_dtype: torch.dtype | None = None,
-            batch_tokens: int | None = None, activation_device: torch.device | str | None = None) -> list[Entry]:
+            batch_tokens: int | None = None, activation_device: torch.device | str | None = None,
+            compute_device: torch.device | str | None = None) -> list[Entry]:
     """Layer-0 hidden states of every sample and the call arguments of every layer.
 
     Consecutive samples of one shape (and pad mask) run as one batch of at most ``batch_tokens``
@@ -64,6 +66,8 @@ def capture(model: nn.Module, calibration: Calibration, count_pads: bool = False
     hidden states in this dtype (e.g. bfloat16 to halve the buffers); layers still compute in theirs.
     ``activation_device``: keep the hidden states there (default: where the embeddings run); a CPU
     copy of GPU activations is pinned, so the per-layer transfers run at full bus speed.
+    ``compute_device``: where the decoder layers will run when it is not where the embeddings are
+    (layer-by-layer onloading): the recorded layer arguments (rotary tables, masks) go there once.
     Decoder layers may sit on the meta device (or another device): their forward is replaced by a recorder."""
     if layers is None:
         layers = find_layers(model)[1]
@@ -107,9 +111,18 @@ def capture(model: nn.Module, calibration: Calibration, count_pads: bool = False
                     pass
                 if any(r is None for r in recorded):
                     raise UserError(f"{type(model).__name__}: the forward did not call every decoder layer")
+                if compute_device is not None and (len(samples), *key) not in cache:
+                    moved: dict[int, torch.Tensor] = {}  # layers given the same tensor share one copy
+
+                    def to_compute(t):
+                        if isinstance(t, torch.Tensor) and id(t) not in moved:
+                            moved[id(t)] = t.to(compute_device)
+                        return moved[id(t)] if isinstance(t, torch.Tensor) else t
+                    recorded[:] = tree_map(to_compute, recorded)
                 args = cache.setdefault((len(samples), *key), list(recorded))
                 hidden = first["hidden"].detach()
-                entries.append(Entry(samples, _place(hidden, activation_dtype, activation_device), args))
+                pin = compute_device is not None and torch.device(compute_device).type == "cuda"
+                entries.append(Entry(samples, _place(hidden, activation_dtype, activation_device, pin), args))
     finally:
         for layer in layers:
             layer.__dict__.pop("forward", None)
@@ -118,17 +131,17 @@ def capture(model: nn.Module, calibration: Calibration, count_pads: bool = False
     return entries
 
 
-def _place(hidden: torch.Tensor, dtype: torch.dtype | None, device: torch.device | str | None) -> torch.Tensor:
-    """Hidden states in their storage dtype on their storage device (pinned when a GPU copies from them)."""
+def _place(hidden: torch.Tensor, dtype: torch.dtype | None, device: torch.device | str | None,
+           pin: bool = False) -> torch.Tensor:
+    """Hidden states in their storage dtype on their storage device; host buffers that a GPU copies
+    from are pinned (``pin``, or when they come from a GPU)."""
     if dtype is not None and hidden.dtype != dtype:
         hidden = hidden.to(dtype)
-    if device is not None and hidden.device != torch.device(device):
-        if torch.device(device).type == "cpu" and hidden.device.type == "cuda":
-            buf = torch.empty(hidden.shape, dtype=hidden.dtype, pin_memory=torch.cuda.is_available())
-            hidden = buf.copy_(hidden)
-        else:
-            hidden = hidden.to(device)
-    return hidden
+    device = hidden.device if device is None else torch.device(device)
+    pin = (pin or hidden.device.type == "cuda") and device.type == "cpu" and torch.cuda.is_available()
+    if pin:
+        return torch.empty(hidden.shape, dtype=hidden.dtype, pin_memory=True).copy_(hidden)
+    return hidden if hidden.device == device else hidden.to(device)
 
 
 def run_layer(layer: nn.Module, entry: Entry, index: int) -> torch.Tensor:
@@ -267,14 +280,16 @@ def walk(model: nn.Module, calibration: Calibration | None, kinds: frozenset, se
          description: str = "layers", before_layer: Callable[[int, nn.Module], None] | None = None,
          after_layer: Callable[[int, nn.Module], None] | None = None,
          activation_dtype: torch.dtype | None = None, batch_tokens: int | None = None,
-         activation_device: torch.device | str | None = None) -> None:
+         activation_device: torch.device | str | None = None,
+         compute_device: torch.device | str | None = None) -> None:
     """Walk decoder layers in order. For each layer: statistics from the current inputs (if
     ``kinds``), ``on_layer(i, layer, stats)`` (which may prune it), then the layer's outputs feed
     the next layer: recomputed after ``on_layer`` when ``sequential``, else the dense outputs.
     ``before_layer`` / ``after_layer`` (i, layer) run first / last for each layer (streaming loads
     and frees layer weights there); ``activation_dtype`` is the storage dtype of hidden states;
     ``batch_tokens`` bounds the tokens of one batched layer call (see :func:`capture`);
-    ``activation_device``: where hidden states are kept between layers (default: beside the embeddings).
+    ``activation_device``: where hidden states are kept between layers (default: beside the embeddings);
+    ``compute_device``: where the layers run when ``before_layer`` moves them there (onloading).
     Under torch.distributed each process walks its share of the samples and the statistics of
     every layer are combined over processes before ``on_layer``."""
     from . import distributed
@@ -286,7 +301,7 @@ def walk(model: nn.Module, calibration: Calibration | None, kinds: frozenset, se
     if need_data:
         with timer("capture"):
             entries = capture(model, distributed.shard(calibration), count_pads, layers, activation_dtype,
-                              batch_tokens, activation_device)
+                              batch_tokens, activation_device, compute_device)
     for i in track(range(len(layers)), description, total=len(layers)):
         layer = layers[i]
         if before_layer is not None:

@@ -1,10 +1,11 @@
 """Compute devices: checking ``--device`` / ``--dtype``, and layer-by-layer onloading of models larger
 than the GPU.
 
-Onloading keeps the decoder layers' weights on the host; everything outside them (embeddings, final
-norm, rotary tables) goes to the compute device once. Each decoder layer visits the device for its
-statistics pass, pruning and propagation (``load``), then goes back to the host (``release``): the
-engine's code path is the same as with an all-resident model, so masks are the same bit for bit.
+Onloading keeps the weights on the host: the embeddings run there once, for the layer-0 inputs
+(the recorded layer arguments, e.g. rotary tables, go to the device), and each decoder layer
+visits the device for its statistics pass, pruning and propagation (``load``), then goes back to
+the host (``release``). The engine's code path is the one of an all-resident model, so masks are
+the same bit for bit.
 Hidden states stay on the GPU when they fit, else in pinned host memory (``--activation-device``).
 The memory model behind :func:`plan` is documented in docs/benchmarks.md.
 """
@@ -99,7 +100,7 @@ def tensor_bytes(module: nn.Module) -> int:
 class Plan:
     """Bytes on the compute device, from the model's dims (see docs/benchmarks.md, memory model)."""
 
-    outside: int  # everything outside the decoder layers (embeddings, lm_head, final norm)
+    outside: int  # everything outside the decoder layers (embeddings, lm_head, final norm); host when onloading
     layer: int  # the largest decoder layer's weights
     stats: int  # statistics of one layer: fp32 Hessians (c² · 4 per Linear) or vectors
     workspace: int  # one batched layer call's activations + the method's fp32 copies of one matrix
@@ -108,8 +109,8 @@ class Plan:
 
     @property
     def one_layer(self) -> int:
-        """What onloading needs: the resident non-layer part, one layer, its statistics, workspace."""
-        return int((self.outside + self.layer + self.stats + self.workspace) * MARGIN)
+        """What onloading needs on the device: one layer, its statistics, workspace (hidden states aside)."""
+        return int((self.layer + self.stats + self.workspace) * MARGIN)
 
     def all_resident(self, n_layers: int) -> int:
         return int((self.outside + n_layers * self.layer + self.stats + self.workspace + self.hidden) * MARGIN)
@@ -145,7 +146,7 @@ def free_bytes(device: torch.device) -> int:
 
 class Onloader:
     """``layer_io`` for :func:`polyprune.prune`: each decoder layer onto ``device`` for its turn, then back
-    to the host. Everything outside the decoder layers is moved to ``device`` at construction."""
+    to the host; the rest of the model stays on the host."""
 
     moves_only = True  # load/release only move tensors: passes that prune nothing may use them too
 
@@ -153,8 +154,7 @@ class Onloader:
         self.device = torch.device(device)
         self.host = torch.device("cpu")
         self.path, self.layers = find_layers(model)
-        move_module(model, self.host, skip=None)  # everything on the host first (a no-op when loaded there)
-        move_module(model, self.device, skip=self.layers)
+        move_module(model, self.host)  # a no-op when loaded there
         self.activation_device = torch.device(activation_device) if activation_device else self.device
 
     def load(self, i: int, layer: nn.Module) -> None:
@@ -182,7 +182,7 @@ def place(model: nn.Module, device: torch.device, tokens: int, kinds: frozenset,
     if pl.one_layer > pl.free:
         raise UserError(f"{device} has {pl.free / GiB:.1f} GiB free but pruning needs at least "
                         f"{pl.one_layer / GiB:.1f} GiB for one decoder layer ({pl.layer / GiB:.2f} GiB weights, "
-                        f"{pl.stats / GiB:.2f} GiB statistics, {pl.outside / GiB:.2f} GiB embeddings/head): "
+                        f"{pl.stats / GiB:.2f} GiB statistics, {pl.workspace / GiB:.2f} GiB workspace): "
                         f"free the GPU, use a larger one, or --device cpu")
     resident = onload == "never" or (onload == "auto" and pl.all_resident(n_layers) <= pl.free)
     if activation_device in (None, "", "auto"):

@@ -118,9 +118,10 @@ def prune(model: nn.Module, calibration: Any = None, method: str = "wanda", spar
     if cal is None and calibration is not None and allocation not in (None, "", "uniform"):
         cal = as_calibration(calibration)  # data-driven allocations (e.g. owl) with a data-free method
     timer = Timer()
+    compute_device = getattr(layer_io, "device", None)
     if layer_io is not None and getattr(layer_io, "moves_only", False) or activation_device is not None:
         # a data-driven allocation's dense pass walks the layers where this run does
-        model._polyprune_walk_options = {"activation_device": activation_device, **(
+        model._polyprune_walk_options = {"activation_device": activation_device, "compute_device": compute_device, **(
             {"before_layer": layer_io.load, "after_layer": lambda i, layer: layer_io.release(i, layer, {})}
             if layer_io is not None and getattr(layer_io, "moves_only", False) else {})}
     try:
@@ -172,7 +173,8 @@ def prune(model: nn.Module, calibration: Any = None, method: str = "wanda", spar
          skip_stats=lambda i: i in keep and not extra, description=f"{method} {pat if pat.structured else sparsity}",
          before_layer=None if layer_io is None else layer_io.load,
          after_layer=None if layer_io is None else (lambda i, layer: layer_io.release(i, layer, masks)),
-         activation_dtype=activation_dtype, batch_tokens=batch_tokens, activation_device=activation_device)
+         activation_dtype=activation_dtype, batch_tokens=batch_tokens, activation_device=activation_device,
+         compute_device=compute_device)
     rep = sparsity_report(masks)
     masks.record = {
         "method": method, "sparsity_target": sparsity, "pattern": str(pat), "achieved_sparsity": rep["overall"],
