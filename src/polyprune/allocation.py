@@ -73,7 +73,7 @@ def get_allocation(name: str) -> Allocation:
 def outlier_ratio(scores: torch.Tensor, m: float) -> float:
     """OWL's layer outlier ratio in percent: 100·#{a > m·mean(a)} / |a|."""
     a = scores.flatten()
-    return float((a > a.mean() * m).sum()) / a.numel() * 100.0
+    return (a > a.mean() * m).sum().item() / a.numel() * 100.0
 
 
 def _weighted_mean(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -155,10 +155,10 @@ def pearson_divergence(lang_norms: dict[str, torch.Tensor]) -> float:
                         f"(got {langs}): use a multilingual recipe such as mix or mbs")
     x = torch.stack([lang_norms[k].to(torch.float64) for k in langs])
     c = torch.corrcoef(x)
-    iu = torch.triu_indices(len(langs), len(langs), offset=1)
+    iu = torch.triu_indices(len(langs), len(langs), offset=1, device=x.device)
     vals = c[iu[0], iu[1]]
     vals = torch.nan_to_num(vals, nan=0.0)  # a constant vector has no correlation
-    return float(1.0 - vals.mean())
+    return 1.0 - vals.mean().item()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,14 +172,16 @@ def _dense_pass(model, calibration, kinds: set[str], count_pads: bool, per_layer
     from .model import prunable_modules
     cal = as_calibration(calibration)
     set_name = "target" if "target" in cal.sets else cal.sets[0]
+    # placement of the pruning run (layer-by-layer onloading, hidden-state device), set by pp.prune
+    walk_options = getattr(model, "_polyprune_walk_options", None)
 
     def on_layer(i, layer, stats):
         mods = prunable_modules(layer)
         per_layer(i, {n: stats[n][set_name] for n in mods},
-                  {n: weight_matrix(m).detach().to(torch.float32).cpu() for n, m in mods.items()})
+                  {n: weight_matrix(m).detach().to(torch.float32) for n, m in mods.items()})
 
     walk(model, cal, frozenset(kinds), (set_name,), on_layer, sequential=False, count_pads=count_pads,
-         description=description)
+         description=description, **(walk_options or {}))
 
 
 def owl_outlier_ratios(model, calibration, m: float = 5.0, count_pads: bool = False) -> tuple[list[float], list[int]]:

@@ -57,6 +57,8 @@ class RunConfig(Strict):
     offload: bool = False  # stream decoder layers from the safetensors checkpoint (polyprune.stream)
     max_memory: str | None = None  # stream when the model would not fit, e.g. "4GB"
     activation_dtype: str | None = None  # storage dtype of hidden states between layers, e.g. bfloat16
+    activation_device: str | None = None  # where hidden states wait between layers: auto (None), cpu, cuda
+    onload: str = "auto"  # GPU runs: move one decoder layer at a time to the device (auto, always, never)
 
 
 def validate_config(data: dict, what: str = "config") -> RunConfig:

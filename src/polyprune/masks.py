@@ -80,13 +80,13 @@ def lowest_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     independent: large matrices go through in blocks of rows (bounded temporaries, same result)."""
     rows, n = scores.shape
     if k <= 0:
-        return torch.zeros(rows, n, dtype=torch.bool)
+        return torch.zeros(rows, n, dtype=torch.bool, device=scores.device)
     if k >= n:
-        return torch.ones(rows, n, dtype=torch.bool)
+        return torch.ones(rows, n, dtype=torch.bool, device=scores.device)
     step = max(1, ROW_BLOCK_ELEMENTS // n)
     if rows <= step:
         return _lowest_k(scores, k)
-    out = torch.empty(rows, n, dtype=torch.bool)
+    out = torch.empty(rows, n, dtype=torch.bool, device=scores.device)
     for r in range(0, rows, step):
         out[r:r + step] = _lowest_k(scores[r:r + step], k)
     return out
@@ -95,16 +95,16 @@ def lowest_k(scores: torch.Tensor, k: int) -> torch.Tensor:
 def _lowest_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     kth = torch.kthvalue(scores, k, dim=1, keepdim=True).values
     if kth.is_floating_point() and bool(torch.isnan(kth).any()):  # NaN sorts last; only sort can order them
-        out = torch.zeros(scores.shape, dtype=torch.bool)
+        out = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
         return out.scatter_(1, torch.sort(scores, dim=-1, stable=True)[1][:, :k], True)
     pruned = scores <= kth
-    rows = torch.nonzero(pruned.sum(1) > k).flatten()  # more ties at the k-th value than places left
-    if rows.numel():
-        sub, t = scores[rows], kth[rows]
-        below = sub < t
+    if bool((pruned.sum(1) > k).any()):  # some row has more ties at the k-th value than places left
+        # every row at once, no data-dependent row gather: a row without excess ties keeps all its
+        # tied entries (room = their count), so only the rows that need it change
+        below = scores < kth
         room = k - below.sum(1, keepdim=True)  # tied entries that still go, counted from the left
-        tied = sub == t
-        pruned[rows] = below | (tied & (tied.cumsum(1) <= room))
+        tied = scores == kth
+        pruned = below | (tied & (tied.cumsum(1) <= room))
     return pruned
 
 

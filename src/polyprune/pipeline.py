@@ -69,28 +69,59 @@ def engine_options(cfg: RunConfig) -> dict:
                 refine=cfg.refine, refine_options=cfg.refine_options, **cfg.method_options)
 
 
-def prune_with_config(model, cal: Calibration | None, cfg: RunConfig):
-    """:func:`polyprune.prune` with every setting of ``cfg``."""
+def prune_with_config(model, cal: Calibration | None, cfg: RunConfig, layer_io=None, activation_device=None):
+    """:func:`polyprune.prune` with every setting of ``cfg`` (``layer_io`` / ``activation_device``: the
+    placement chosen by :func:`place_for_config`)."""
     from .model import resolve_dtype
     from .prune import prune
     act = resolve_dtype(cfg.activation_dtype, None) if cfg.activation_dtype else None
-    return prune(model, cal, cfg.method, cfg.sparsity, cfg.pattern, activation_dtype=act, **engine_options(cfg))
+    return prune(model, cal, cfg.method, cfg.sparsity, cfg.pattern, activation_dtype=act, layer_io=layer_io,
+                 activation_device=activation_device, **engine_options(cfg))
+
+
+def place_for_config(model, cal: Calibration | None, cfg: RunConfig, device) -> dict:
+    """Move a host-loaded model to ``device`` whole, or set up layer-by-layer onloading (see
+    :mod:`polyprune.onload`); returns the placement keywords of :func:`prune_with_config`."""
+    from . import distributed
+    from .model import resolve_dtype
+    from .onload import place
+    meth = get_method(cfg.method)
+    kinds = frozenset(meth.needs) | (frozenset({"moments", "sqnorm"}) if cfg.refine else frozenset())
+    tokens = -(-sum(s.n_tokens for s in cal.samples) // distributed.world_size()) if cal is not None else 0
+    act = resolve_dtype(cfg.activation_dtype, None) if cfg.activation_dtype else None
+    io, act_dev = place(model, device, tokens, kinds, cfg.onload, cfg.activation_device,
+                        act.itemsize if act is not None else None)
+    return {"layer_io": io, "activation_device": act_dev}
 
 
 def run_prune(cfg: RunConfig, out: str | Path, force: bool = False) -> Path:
     """Load the model, build the calibration, prune, write the run folder atomically."""
+    import torch
+
+    from . import distributed
     from .model import load_model, load_tokenizer
+    from .onload import check_device, check_dtype
     out = Path(out)
     get_method(cfg.method)  # fail fast on bad input, before loading anything
     from .stream import run_prune_streaming, should_stream
     if should_stream(cfg.offload, cfg.max_memory, cfg.model, cfg.dtype):
         return run_prune_streaming(cfg, out, force)
+    device = check_device(cfg.device)
+    dtype = check_dtype(cfg.dtype, device)
+    if distributed.init_from_env(device) and device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU (LOCAL_RANK)
+    if distributed.rank() != 0:  # the other ranks calibrate and prune alongside; rank 0 writes the run
+        tok = load_tokenizer(cfg.model)
+        cal = build_run_calibration(cfg, tok)
+        model, tok = load_model(cfg.model, dtype, "cpu", tokenizer=tok)
+        prune_with_config(model, cal, cfg, **place_for_config(model, cal, cfg, device))
+        return out
     with staged_dir(out, force) as tmp:
         # calibration first: its bad input (unknown language, missing file) fails before the weights load
         tok = load_tokenizer(cfg.model)
         cal = build_run_calibration(cfg, tok)
-        model, tok = load_model(cfg.model, cfg.dtype, cfg.device, tokenizer=tok)
-        masks = prune_with_config(model, cal, cfg)
+        model, tok = load_model(cfg.model, dtype, "cpu", tokenizer=tok)  # placed on the device below
+        masks = prune_with_config(model, cal, cfg, **place_for_config(model, cal, cfg, device))
         write_run(tmp, cfg, masks, cal, tok, model)
     log.info("run written to %s (achieved sparsity %.4f)", out, masks.record["achieved_sparsity"])
     return out

@@ -52,7 +52,7 @@ def prune(model: nn.Module, calibration: Any = None, method: str = "wanda", spar
           keep_stats: Sequence[str] | bool = False, allocation: str | None = None,
           allocation_options: dict | None = None, refine: str | None = None, refine_options: dict | None = None,
           layer_io: Any = None, activation_dtype: torch.dtype | None = None, batch_tokens: int | None = None,
-          **method_options) -> Masks:
+          activation_device: torch.device | str | None = None, **method_options) -> Masks:
     """Prune ``model`` in place, layer by layer, and return its masks.
 
     ``calibration``: LongTensor [n, L], list of dicts {input_ids, attention_mask}, or a Calibration
@@ -68,7 +68,9 @@ def prune(model: nn.Module, calibration: Any = None, method: str = "wanda", spar
     each decoder layer (streaming from disk, see ``polyprune.stream``); ``activation_dtype``: storage
     dtype of the hidden states between layers (statistics stay fp32); ``batch_tokens``: tokens per
     batched layer call for samples of one length (default 4096; 1 = one sample per call, the least
-    activation memory; masks are identical either way)."""
+    activation memory; masks are identical either way); ``activation_device``: where the hidden
+    states are kept (e.g. ``cpu`` while layers are onloaded to a GPU, see ``polyprune.onload``).
+    Methods run on the device of the weights; masks and kept values are stored on the CPU."""
     t_start = time.perf_counter()
     meth = get_method(method)
     check_options(meth, method_options)
@@ -116,28 +118,38 @@ def prune(model: nn.Module, calibration: Any = None, method: str = "wanda", spar
     if cal is None and calibration is not None and allocation not in (None, "", "uniform"):
         cal = as_calibration(calibration)  # data-driven allocations (e.g. owl) with a data-free method
     timer = Timer()
-    targets = _layer_targets(model, cal, sparsity, pat, layer_sparsity, allocation, allocation_options,
-                             n_layers, count_pads, timer)
+    compute_device = getattr(layer_io, "device", None)
+    if layer_io is not None and getattr(layer_io, "moves_only", False) or activation_device is not None:
+        # a data-driven allocation's dense pass walks the layers where this run does
+        model._polyprune_walk_options = {"activation_device": activation_device, "compute_device": compute_device, **(
+            {"before_layer": layer_io.load, "after_layer": lambda i, layer: layer_io.release(i, layer, {})}
+            if layer_io is not None and getattr(layer_io, "moves_only", False) else {})}
+    try:
+        targets = _layer_targets(model, cal, sparsity, pat, layer_sparsity, allocation, allocation_options,
+                                 n_layers, count_pads, timer)
+    finally:
+        model.__dict__.pop("_polyprune_walk_options", None)
     layer_pats = [pat] * n_layers
     if pat.structured and layer_sparsity is None and allocation not in (None, "", "uniform"):
         layer_pats = [Pattern(int(round(t * pat.m)), pat.m) for t in targets]  # N varies per layer
     masks = Masks()
     sets = tuple(meth.sets) if (meth.sets and not extra) else None
-    device = next(model.parameters()).device
 
     def on_layer(i: int, layer: nn.Module, stats) -> None:
         if i in keep:
             return
         for mname, mod in prunable_modules(layer).items():
             full = f"{path}.{i}.{mname}.weight"
-            W = weight_matrix(mod).detach().to(torch.float32).clone().cpu()
+            # the method runs where the weight is (the GPU when the layer is there); only masks, kept
+            # values and method info come to the CPU, matrix by matrix
+            W = weight_matrix(mod).detach().to(torch.float32).clone()
             st = None
             if stats is not None:
                 st = stats[mname]
                 if meth.needs:
                     _check_finite(st, full)
                 if extra:
-                    masks.stats[full] = {k: v.tensors() for k, v in st.items()}
+                    masks.stats[full] = {k: {n: t.cpu() for n, t in v.tensors().items()} for k, v in st.items()}
             spec = Spec(targets[i], layer_pats[i], {**method_options}, full, seed)
             res = meth.fn(W, st, spec)
             if ref is not None:
@@ -146,14 +158,13 @@ def prune(model: nn.Module, calibration: Any = None, method: str = "wanda", spar
                              res.kept.to(torch.bool))
                 res.info = {**info, **res.info}
             if res.info:
-                masks.info[full] = res.info
+                masks.info[full] = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in res.info.items()}
             if "permutation" in res.info:
                 masks.permutations[full] = torch.as_tensor(res.info["permutation"], dtype=torch.long).cpu()
             kept = res.kept.to(torch.bool)
             with torch.no_grad():
                 new = res.weight if res.weight is not None else W.mul_(kept)  # W: this loop's own copy
-                stored = to_stored(mod, new.to(mod.weight.dtype)).to(device)
-                mod.weight.data.copy_(stored)
+                mod.weight.data.copy_(to_stored(mod, new.to(mod.weight.dtype)))
             masks[full] = to_stored(mod, kept).cpu()
             if res.weight is not None:
                 masks.weights[full] = to_stored(mod, res.weight.to(mod.weight.dtype)).cpu()
@@ -162,7 +173,8 @@ def prune(model: nn.Module, calibration: Any = None, method: str = "wanda", spar
          skip_stats=lambda i: i in keep and not extra, description=f"{method} {pat if pat.structured else sparsity}",
          before_layer=None if layer_io is None else layer_io.load,
          after_layer=None if layer_io is None else (lambda i, layer: layer_io.release(i, layer, masks)),
-         activation_dtype=activation_dtype, batch_tokens=batch_tokens)
+         activation_dtype=activation_dtype, batch_tokens=batch_tokens, activation_device=activation_device,
+         compute_device=compute_device)
     rep = sparsity_report(masks)
     masks.record = {
         "method": method, "sparsity_target": sparsity, "pattern": str(pat), "achieved_sparsity": rep["overall"],
@@ -182,7 +194,7 @@ def prune(model: nn.Module, calibration: Any = None, method: str = "wanda", spar
 def _check_finite(st, name: str) -> None:
     for set_name, ms in st.items():
         for t in (ms.scaler_row, ms.H):
-            if t is not None and not torch.isfinite(t).all():
+            if t is not None and not bool(torch.isfinite(t).all()):
                 raise UserError(f"non-finite input statistics at {name} (set {set_name}): use float32 "
                                 f"(--dtype float32) or check the calibration tokens")
 

@@ -52,16 +52,15 @@ def find_params(x: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.T
     """Per-row ``(scale, zero)`` [rows, 1] of the min–max grid of ``x`` [rows, cols] (the reference's
     ``find_params(weight=True)`` with ``perchannel``)."""
     x = x.float()
-    tmp = torch.zeros(x.shape[0], dtype=x.dtype)
+    tmp = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     xmin = torch.minimum(x.min(1)[0], tmp)
     xmax = torch.maximum(x.max(1)[0], tmp)
     if spec.sym:
         xmax = torch.maximum(torch.abs(xmin), xmax)
-        neg = xmin < 0
-        xmin[neg] = -xmax[neg]
+        xmin = torch.where(xmin < 0, -xmax, xmin)  # masked, not boolean-indexed: no host sync on a GPU
     flat = (xmin == 0) & (xmax == 0)
-    xmin[flat] = -1
-    xmax[flat] = +1
+    xmin = xmin.masked_fill(flat, -1)
+    xmax = xmax.masked_fill(flat, +1)
     scale = (xmax - xmin) / spec.maxq
     if spec.sym:
         zero = torch.full_like(scale, (spec.maxq + 1) / 2)

@@ -8,6 +8,7 @@ Update rules follow the references exactly (including their running rescale and 
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 
@@ -26,8 +27,10 @@ def column_norms(x: torch.Tensor) -> torch.Tensor:
     input of a d = 2048 model) every step lands in the same few cache sets. Such inputs are first
     copied into a buffer whose rows are 64 bytes longer (for fp16/bf16 inputs this copy is the fp32
     conversion the references make anyway): each column is still summed in the same order, so the
-    same bits, 1.7× (1024 features) to 3× (2048) faster."""
-    if x.dim() == 2 and x.shape[0] > 1 and x.stride(1) == 1 and x.shape[1] * 4 % ALIASING_STRIDE == 0:
+    same bits, 1.7× (1024 features) to 3× (2048) faster. CPU only: GPU reductions have no such
+    cache-set conflict, and there the plain reduction is the references' own code path."""
+    if (x.device.type == "cpu" and x.dim() == 2 and x.shape[0] > 1 and x.stride(1) == 1
+            and x.shape[1] * 4 % ALIASING_STRIDE == 0):
         buf = torch.empty(x.shape[0], x.shape[1] + 16, dtype=torch.float32)[:, : x.shape[1]]
         buf.copy_(x)
         x = buf
@@ -36,7 +39,11 @@ def column_norms(x: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class ModuleStats:
-    """Statistics of one Linear's inputs over one calibration set."""
+    """Statistics of one Linear's inputs over one calibration set.
+
+    Buffers live on ``device`` (that of the inputs they accumulate: no transfer per call) and are
+    fp32 (fp64 for the moments) whatever the activations' dtype. Buffers still empty move to the
+    device of the first input added, so a caller need not know where the layer runs."""
 
     columns: int
     kinds: frozenset
@@ -49,16 +56,21 @@ class ModuleStats:
     lang_sqsum: dict = field(default_factory=dict)
     lang_tokens: dict = field(default_factory=dict)
     lang_positive: dict = field(default_factory=dict)
+    device: torch.device | str | None = None
 
     def __post_init__(self) -> None:
+        self._allocate(torch.device(self.device or "cpu"))
+
+    def _allocate(self, device: torch.device) -> None:
         c = self.columns
+        self.device = device
         if "sqnorm" in self.kinds:
-            self.scaler_row = torch.zeros(c, dtype=torch.float32)
+            self.scaler_row = torch.zeros(c, dtype=torch.float32, device=device)
         if "hessian" in self.kinds:
-            self.H = torch.zeros(c, c, dtype=torch.float32)
+            self.H = torch.zeros(c, c, dtype=torch.float32, device=device)
         if "moments" in self.kinds:
-            self.mean = torch.zeros(c, dtype=torch.float64)
-            self.m2 = torch.zeros(c, dtype=torch.float64)
+            self.mean = torch.zeros(c, dtype=torch.float64, device=device)
+            self.m2 = torch.zeros(c, dtype=torch.float64, device=device)
 
     @property
     def variance(self) -> torch.Tensor:
@@ -70,6 +82,8 @@ class ModuleStats:
 
         ``batch`` is the number of samples the tokens came from (the references' ``tmp``)."""
         x = x.reshape(-1, x.shape[-1])
+        if x.device != self.device and self.nsamples == 0 and self.ntokens == 0:
+            self._allocate(x.device)
         if self.scaler_row is not None or self.H is not None:
             n_old = self.nsamples
             n_new = n_old + batch
@@ -106,6 +120,17 @@ class ModuleStats:
                     self.lang_positive[lang] = pos.clone()
                     self.lang_tokens[lang] = t
         self.ntokens += t
+
+    def copy(self) -> "ModuleStats":
+        """An independent copy (tensors cloned on their device; ``copy.deepcopy`` cannot copy fake tensors)."""
+        out = copy.copy(self)
+        for name in ("scaler_row", "H", "mean", "m2"):
+            t = getattr(self, name)
+            setattr(out, name, None if t is None else t.clone())
+        for name in ("lang_sqsum", "lang_positive"):
+            setattr(out, name, {k: v.clone() for k, v in getattr(self, name).items()})
+        out.lang_tokens = dict(self.lang_tokens)
+        return out
 
     def feature_norm(self) -> torch.Tensor:
         """‖X_j‖ as Wanda uses it: sqrt of the per-sample mean of Σ_tokens x²."""

@@ -23,5 +23,5 @@ def magnitude(W: torch.Tensor, stats, spec: Spec) -> MethodResult:
 def random_(W: torch.Tensor, stats, spec: Spec) -> MethodResult:
     """Uniform random scores from a generator seeded by (seed, matrix name): reproducible."""
     g = torch.Generator().manual_seed(spec.seed * 1_000_003 + zlib.crc32(spec.name.encode()))
-    scores = torch.rand(W.shape, generator=g)
+    scores = torch.rand(W.shape, generator=g).to(W.device)  # drawn on the CPU: the same scores on every device
     return MethodResult(~build_pruned(scores, spec.sparsity, spec.pattern, spec.opt("scope", "row")))

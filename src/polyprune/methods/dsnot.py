@@ -53,25 +53,26 @@ def dsnot_refine(W: torch.Tensor, mu: torch.Tensor, var: torch.Tensor, feature_n
     kept = kept.clone().to(torch.bool)
     init_pruned = ~kept
     rows, cols = W.shape
-    ar = torch.arange(rows)
+    dev = W.device
+    ar = torch.arange(rows, device=dev)
     eps = (contrib * init_pruned).sum(dim=1)
     sign0 = torch.sign(eps)
 
     # growth candidates: initially pruned, W·μ with the sign of ε; largest |metric| first
     grow_pos, n_gp = _sorted_candidates(grow_metric, init_pruned & (contrib > 0), descending=True)
     grow_neg, n_gn = _sorted_candidates(grow_metric, init_pruned & (contrib < 0), descending=False)
-    p_gp = torch.zeros(rows, dtype=torch.long)
-    p_gn = torch.zeros(rows, dtype=torch.long)
+    p_gp = torch.zeros(rows, dtype=torch.long, device=dev)
+    p_gn = torch.zeros(rows, dtype=torch.long, device=dev)
     if not m:  # prune candidates: initially kept, W·μ of the opposite sign, lowest Wanda first
         prune_neg, n_pn = _sorted_candidates(wanda, kept & (contrib < 0), descending=False)
         prune_pos, n_pp = _sorted_candidates(wanda, kept & (contrib > 0), descending=False)
-        p_pn = torch.zeros(rows, dtype=torch.long)
-        p_pp = torch.zeros(rows, dtype=torch.long)
+        p_pn = torch.zeros(rows, dtype=torch.long, device=dev)
+        p_pp = torch.zeros(rows, dtype=torch.long, device=dev)
     else:
         prunable = kept.clone()  # initially kept and not yet pruned by a swap
 
-    active = torch.ones(rows, dtype=torch.bool)
-    swaps = 0
+    active = torch.ones(rows, dtype=torch.bool, device=dev)
+    swaps = torch.zeros((), dtype=torch.long, device=dev)  # counted on the device: read once at the end
     for _ in range(int(max_cycles)):
         active &= eps.abs() > threshold
         if not active.any():
@@ -84,9 +85,9 @@ def dsnot_refine(W: torch.Tensor, mu: torch.Tensor, var: torch.Tensor, feature_n
             q_ok = torch.where(pos, p_pn < n_pn, p_pp < n_pp)
         else:
             start = g_idx - g_idx % m
-            blk = start.reshape(-1, 1) + torch.arange(m).reshape(1, -1)
+            blk = start.reshape(-1, 1) + torch.arange(m, device=dev).reshape(1, -1)
             bw = torch.where(prunable[ar.reshape(-1, 1), blk], wanda[ar.reshape(-1, 1), blk],
-                             torch.full((rows, m), float("inf"), dtype=torch.float64))
+                             torch.full((rows, m), float("inf"), dtype=torch.float64, device=dev))
             off = torch.argmin(bw, dim=1)
             q_idx = start + off
             q_ok = torch.isfinite(bw[ar, off])
@@ -94,14 +95,13 @@ def dsnot_refine(W: torch.Tensor, mu: torch.Tensor, var: torch.Tensor, feature_n
         ok = active & g_ok & q_ok
         if same_sign:
             ok &= (torch.sign(after) == sign0) & (after.abs() < eps.abs())
-        active = ok  # a row whose swap is rejected stops (as the reference)
-        if not ok.any():
-            break
-        r = ar[ok]
-        kept[r, g_idx[ok]] = True
-        kept[r, q_idx[ok]] = False
+        active = ok  # a row whose swap is rejected stops (as the reference); none left: the next test ends it
+        # masked updates of every row (a row not swapping writes back its own values): no boolean
+        # indexing, so no host sync per cycle; g (pruned) and q (kept) differ in every swapping row
+        kept[ar, g_idx] = kept[ar, g_idx] | ok
+        kept[ar, q_idx] = kept[ar, q_idx] & ~ok
         eps = torch.where(ok, after, eps)
-        swaps += int(ok.sum())
+        swaps += ok.sum()
         if not m:
             p_gp += (ok & pos).long()
             p_gn += (ok & ~pos).long()
@@ -110,8 +110,8 @@ def dsnot_refine(W: torch.Tensor, mu: torch.Tensor, var: torch.Tensor, feature_n
         else:
             p_gp += (ok & pos).long()
             p_gn += (ok & ~pos).long()
-            prunable[r, q_idx[ok]] = False
-    return kept, swaps
+            prunable[ar, q_idx] = prunable[ar, q_idx] & ~ok
+    return kept, int(swaps.item())
 
 
 @register_refiner("dsnot", needs=("moments", "sqnorm"),

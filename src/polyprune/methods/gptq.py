@@ -36,14 +36,14 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, blocksize: 
                         "after pruning with method gptq")
     gs = spec.group_size
     ngroups = spec.groups(columns)
-    scale = torch.zeros(rows, ngroups)
-    zero = torch.zeros(rows, ngroups)
+    scale = torch.zeros(rows, ngroups, device=W.device)
+    zero = torch.zeros(rows, ngroups, device=W.device)
     if gs is None:  # one grid per row from the weights as given (before dead columns are zeroed)
         s, z = find_params(W, spec)
         scale[:], zero[:] = s, z
     dead = torch.diag(H) == 0
     Wd = W.clone()
-    Wd[:, dead] = 0
+    Wd.masked_fill_(dead.reshape(1, -1), 0)
     if gs is not None and act_order:  # static groups in the original column order
         for g in range(ngroups):
             s, z = find_params(Wd[:, g * gs:(g + 1) * gs], spec)
@@ -51,19 +51,21 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, blocksize: 
     perm = None
     if act_order:
         diag = torch.diag(H).clone()
-        diag[dead] = 1
+        diag.masked_fill_(dead, 1)
         perm = torch.argsort(diag, descending=True, stable=True)
         W, H = W[:, perm], H[perm][:, perm]
     W, Hinv = inverse_hessian_factor(W, H, percdamp, name)
-    col_group = torch.arange(columns) // gs if gs is not None else torch.zeros(columns, dtype=torch.long)
+    col_group = torch.arange(columns, device=W.device) // gs if gs is not None else \
+        torch.zeros(columns, dtype=torch.long, device=W.device)
     if perm is not None:
         col_group = col_group[perm]
+    col_group = col_group.tolist()  # one host transfer, not one sync per column
 
     def round_column(col: int, q: torch.Tensor, W_now: torch.Tensor) -> torch.Tensor:
         if gs is not None and not act_order and col % gs == 0:  # the group's grid, from W as updated so far
             s, z = find_params(W_now[:, col:col + gs], spec)
             scale[:, col // gs:col // gs + 1], zero[:, col // gs:col // gs + 1] = s, z
-        g = int(col_group[col])
+        g = col_group[col]
         return quantize(q.unsqueeze(1), scale[:, g:g + 1], zero[:, g:g + 1], spec.maxq).flatten()
 
     pruned, Q = obs_sweep(W, Hinv, sparsity if not prunem else 0.0, prunen, prunem, blocksize,

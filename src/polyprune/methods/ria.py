@@ -29,7 +29,7 @@ def ria_scores(W: torch.Tensor, feature_norm: torch.Tensor, a: float = 0.5) -> t
 def kept_nm_score(scores: torch.Tensor, n: int, m: int) -> float:
     """Total score kept by the N:M mask (the m − n highest of every group of m columns)."""
     g = scores.reshape(scores.shape[0], -1, m)
-    return float(torch.topk(g, m - n, dim=-1).values.sum())
+    return torch.topk(g, m - n, dim=-1).values.sum().item()
 
 
 def zigzag_order(column_score: torch.Tensor, m: int) -> torch.Tensor:
@@ -57,7 +57,7 @@ def slot_assignment_scores(scores: torch.Tensor, n: int, m: int, slot: int, chun
     base = top[:, :, :k - 1].sum(dim=(0, 2))  # [G]
     kth = top[:, :, k - 1]  # [rows, G]
     x = grp[:, :, slot]  # [rows, G] candidates r
-    out = torch.empty(G, G, dtype=torch.float64)
+    out = torch.empty(G, G, dtype=torch.float64, device=scores.device)
     for g0 in range(0, G, chunk):
         b = kth[:, g0:g0 + chunk].t().unsqueeze(2)  # [g, rows, 1]
         out[g0:g0 + chunk] = torch.maximum(x.unsqueeze(0), b).sum(dim=1).to(torch.float64)  # [g, G]
@@ -77,10 +77,10 @@ def lsa_refine(scores: torch.Tensor, index: torch.Tensor, n: int, m: int, blocks
             if part.numel() % m or part.numel() < 2 * m:
                 continue
             S = slot_assignment_scores(scores[:, part], n, m, slot)
-            _, col = linear_sum_assignment(S.numpy(), maximize=True)
-            idx = torch.arange(part.numel())
-            groups = torch.arange(part.numel() // m)
-            idx[groups * m + slot] = torch.as_tensor(col, dtype=torch.long) * m + slot
+            _, col = linear_sum_assignment(S.cpu().numpy(), maximize=True)  # scipy: on the host
+            idx = torch.arange(part.numel(), device=index.device)
+            groups = torch.arange(part.numel() // m, device=index.device)
+            idx[groups * m + slot] = torch.as_tensor(col, dtype=torch.long, device=index.device) * m + slot
             index[lo:hi] = part[idx]
     return index
 

@@ -17,19 +17,19 @@ def inverse_hessian_factor(W: torch.Tensor, H: torch.Tensor, percdamp: float = 0
     H = H.clone()
     W = W.clone()
     dead = torch.diag(H) == 0
-    H[dead, dead] = 1
-    W[:, dead] = 0
-    diag = torch.arange(H.shape[0])
+    H.diagonal().masked_fill_(dead, 1)  # masked fills, not boolean indexing: no host sync on a GPU
+    W.masked_fill_(dead.reshape(1, -1), 0)
+    diag = torch.arange(H.shape[0], device=H.device)
     mean_diag = torch.mean(torch.diag(H))
     damp = percdamp
     for _ in range(max_tries):
         Hd = H.clone()
         Hd[diag, diag] += damp * mean_diag
         L, info = torch.linalg.cholesky_ex(Hd)
-        if int(info) == 0:
+        if info.item() == 0:
             Hinv = torch.cholesky_inverse(L)
             U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
-            if int(info) == 0:
+            if info.item() == 0:
                 return W, U
         damp *= 10
     raise UserError(f"{name or 'layer'}: the input Hessian is not positive definite even with damping "
@@ -80,8 +80,7 @@ def obs_sweep(W: torch.Tensor, Hinv: torch.Tensor, sparsity: float = 0.0, prunen
             w = W1[:, i]
             if prunem and i % prunem == 0:
                 nm_group_mask_(mask1, W1, Hinv1, i, prunen, prunem)
-            q = w.clone()
-            q[mask1[:, i]] = 0
+            q = w.clone().masked_fill_(mask1[:, i], 0)  # a boolean index would sync a GPU every column
             if round_column is not None:
                 q = round_column(i1 + i, q, W)
             Q1[:, i] = q

@@ -21,7 +21,7 @@ def _mask_given_alpha(alpha, sorted_vals, metric, cumsum, row_sum):
     thres = torch.gather(sorted_vals, 1, (count - 1).clamp(min=0))
     thres = torch.where(count > 0, thres, torch.full_like(thres, -float("inf")))
     pruned = metric <= thres
-    return pruned, float(pruned.sum()) / pruned.numel()
+    return pruned, pruned.sum().item() / pruned.numel()
 
 
 def variant_pruned(metric: torch.Tensor, sparsity: float) -> torch.Tensor:

@@ -1,0 +1,129 @@
+"""Data-parallel calibration with torch.distributed (``torchrun --nproc-per-node N -m polyprune prune …``).
+
+Every rank runs the whole layer walk on its share of the calibration samples (sample i goes to rank
+i mod N, so every calibration set reaches every rank); before a layer is pruned its statistics are
+combined over the ranks, so every rank prunes with the statistics of all samples and ends with the
+same masks. Running means become sums × counts, are summed, and become means again (Wanda's
+feature norms, the Hessians); the moments are merged with Chan's parallel formula; per-language
+sums are summed. Only the summation order differs from one process, so masks equal the
+single-process ones up to float rounding at ties (measured in tests/test_distributed.py).
+NCCL on GPUs, gloo on the CPU; only rank 0 writes the run folder.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from datetime import timedelta
+
+import torch
+
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def active() -> bool:
+    import torch.distributed as dist
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    import torch.distributed as dist
+    return dist.get_rank() if active() else 0
+
+
+def world_size() -> int:
+    import torch.distributed as dist
+    return dist.get_world_size() if active() else 1
+
+
+def init_from_env(device: torch.device, timeout_s: float = 600) -> bool:
+    """Join the process group that ``torchrun`` describes in the environment (WORLD_SIZE > 1);
+    returns whether this is a multi-process run. Failures are one clear line."""
+    import torch.distributed as dist
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
+        return active()
+    if not dist.is_available():
+        raise UserError("WORLD_SIZE > 1 but this torch build has no torch.distributed: run one process")
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    try:
+        if device.type == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    except (RuntimeError, ValueError, OSError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"torch.distributed ({backend}) initialisation failed: {first}: start every rank with "
+                        f"torchrun and check MASTER_ADDR / MASTER_PORT") from None
+    log.info("rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), backend)
+    return active()
+
+
+def shard(calibration):
+    """This rank's samples (i mod N == rank). Fewer samples than ranks in a set is an error."""
+    from .calibration import Calibration
+    n, r = world_size(), rank()
+    if n == 1:
+        return calibration
+    counts = {s: sum(1 for x in calibration.samples if x.set == s) for s in calibration.sets}
+    small = {s: c for s, c in counts.items() if c < n}
+    if small:
+        s, c = next(iter(small.items()))
+        raise UserError(f"{n} ranks but calibration set {s!r} has only {c} sample(s): use at most {c} ranks "
+                        f"(--nproc-per-node) or more calibration samples")
+    return Calibration(calibration.samples[r::n], calibration.recipe, dict(calibration.meta))
+
+
+def reduce_stats(stats: dict) -> None:
+    """Combine the statistics of one layer (``module name -> SetStats``) over all ranks, in place."""
+    import torch.distributed as dist
+    if not active():
+        return
+    items = [(m, s, ms) for m, sets in stats.items() for s, ms in sets.items()]
+    meta = [(ms.nsamples, ms.ntokens, dict(ms.lang_tokens)) for _, _, ms in items]
+    everyone: list = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, meta)  # counts and language tags of every rank (one exchange per layer)
+    for k, (_, _, ms) in enumerate(items):
+        per_rank = [m[k] for m in everyone]
+        n_all = sum(p[0] for p in per_rank)
+        for name in ("scaler_row", "H"):
+            t = getattr(ms, name)
+            if t is not None:
+                t.mul_(ms.nsamples)  # running mean -> sum
+                dist.all_reduce(t)
+                t.div_(max(n_all, 1))
+        if ms.mean is not None:
+            _merge_moments(ms, [p[1] for p in per_rank])
+        langs = sorted(set().union(*(p[2] for p in per_rank)))
+        if langs:
+            ref = ms.scaler_row if ms.scaler_row is not None else ms.mean
+            device = ref.device if ref is not None else ms.device
+            sq = torch.stack([ms.lang_sqsum.get(k, torch.zeros(ms.columns, device=device)) for k in langs])
+            pos = torch.stack([ms.lang_positive.get(k, torch.zeros(ms.columns, device=device)) for k in langs])
+            dist.all_reduce(sq)
+            dist.all_reduce(pos)
+            ms.lang_sqsum = {k: sq[j].clone() for j, k in enumerate(langs)}
+            ms.lang_positive = {k: pos[j].clone() for j, k in enumerate(langs)}
+            ms.lang_tokens = {k: sum(p[2].get(k, 0) for p in per_rank) for k in langs}
+        ms.nsamples = n_all
+        ms.ntokens = sum(p[1] for p in per_rank)
+
+
+def _merge_moments(ms, tokens: list[int]) -> None:
+    """Chan et al.'s pairwise merge of (count, mean, M2), ranks in order."""
+    import torch.distributed as dist
+    n = len(tokens)
+    means = [torch.empty_like(ms.mean) for _ in range(n)]
+    m2s = [torch.empty_like(ms.m2) for _ in range(n)]
+    dist.all_gather(means, ms.mean)
+    dist.all_gather(m2s, ms.m2)
+    count, mean, m2 = 0, torch.zeros_like(ms.mean), torch.zeros_like(ms.m2)
+    for t, mb, m2b in zip(tokens, means, m2s):
+        if not t:
+            continue
+        tot = count + t
+        delta = mb - mean
+        mean = mean + delta * (t / tot)
+        m2 = m2 + m2b + delta ** 2 * (count * t / tot)
+        count = tot
+    ms.mean.copy_(mean)
+    ms.m2.copy_(m2)

@@ -1,0 +1,199 @@
+"""Compute devices: checking ``--device`` / ``--dtype``, and layer-by-layer onloading of models larger
+than the GPU.
+
+Onloading keeps the weights on the host: the embeddings run there once, for the layer-0 inputs
+(the recorded layer arguments, e.g. rotary tables, go to the device), and each decoder layer
+visits the device for its statistics pass, pruning and propagation (``load``), then goes back to
+the host (``release``). The engine's code path is the one of an all-resident model, so masks are
+the same bit for bit.
+Hidden states stay on the GPU when they fit, else in pinned host memory (``--activation-device``).
+The memory model behind :func:`plan` is documented in docs/benchmarks.md.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .errors import UserError
+from .model import find_layers, prunable_modules
+
+log = logging.getLogger(__name__)
+
+GiB = 1 << 30
+MARGIN = 1.10  # allocator slack and kernels' workspaces on top of the counted tensors
+
+
+def check_device(device: str | torch.device | None) -> torch.device:
+    """The compute device of ``--device`` (``auto``: CUDA when visible); bad input is one clear line."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device}: no CUDA device is visible; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible; "
+                            f"use cuda:0 … cuda:{torch.cuda.device_count() - 1}")
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+    elif dev.type not in ("cpu", "meta"):
+        raise UserError(f"--device {device}: pruning runs on cpu or cuda devices")
+    return dev
+
+
+def check_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """The model dtype (default bf16 on a GPU, fp32 on the CPU); bf16 where the GPU lacks it is an error."""
+    from .model import resolve_dtype
+    dt = resolve_dtype(dtype, device)
+    if dt == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        if dtype in (None, "auto"):
+            return torch.float16  # the default only: an explicit bf16 request is refused below
+        raise UserError(f"{torch.cuda.get_device_name(device)} does not support bfloat16: use --dtype float16 "
+                        f"or --dtype float32")
+    return dt
+
+
+def _move(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if t.device == device:
+        return t
+    if device.type == "cuda" and t.device.type == "cpu" and not t.is_pinned():
+        return t.to(device)
+    return t.to(device, non_blocking=device.type == "cuda")
+
+
+def move_module(module: nn.Module, device: torch.device | str, skip: nn.Module | None = None) -> nn.Module:
+    """Move parameters and buffers by replacing them (as accelerate does), ties kept; the subtree
+    ``skip`` stays where it is. Unlike ``Module.to`` it also works on fake tensors (tests)."""
+    device = torch.device(device)
+    skipped = set() if skip is None else {id(m) for m in skip.modules()}
+    memo: dict[int, torch.Tensor] = {}
+    for mod in module.modules():
+        if id(mod) in skipped:
+            continue
+        for k, p in mod._parameters.items():
+            if p is not None:
+                if id(p) not in memo:
+                    memo[id(p)] = nn.Parameter(_move(p.data, device), requires_grad=False)
+                mod._parameters[k] = memo[id(p)]
+        for k, b in mod._buffers.items():
+            if b is not None:
+                mod._buffers[k] = memo.setdefault(id(b), _move(b, device))
+    return module
+
+
+def tensor_bytes(module: nn.Module) -> int:
+    seen, total = set(), 0
+    for t in list(module.parameters()) + list(module.buffers()):
+        if id(t) not in seen:
+            seen.add(id(t))
+            total += t.numel() * t.element_size()
+    return total
+
+
+@dataclass
+class Plan:
+    """Bytes on the compute device, from the model's dims (see docs/benchmarks.md, memory model)."""
+
+    outside: int  # everything outside the decoder layers (embeddings, lm_head, final norm); host when onloading
+    layer: int  # the largest decoder layer's weights
+    stats: int  # statistics of one layer: fp32 Hessians (c² · 4 per Linear) or vectors
+    workspace: int  # one batched layer call's activations + the method's fp32 copies of one matrix
+    hidden: int  # hidden states of all calibration samples (tokens · d · bytes)
+    free: int
+
+    @property
+    def one_layer(self) -> int:
+        """What onloading needs on the device: one layer, its statistics, workspace (hidden states aside)."""
+        return int((self.layer + self.stats + self.workspace) * MARGIN)
+
+    def all_resident(self, n_layers: int) -> int:
+        return int((self.outside + n_layers * self.layer + self.stats + self.workspace + self.hidden) * MARGIN)
+
+
+def plan(model: nn.Module, tokens: int, kinds: frozenset, free: int, act_bytes: int | None = None,
+         batch_tokens: int = 4096) -> Plan:
+    """Memory plan of pruning ``model`` with ``tokens`` calibration tokens on a device with ``free`` bytes."""
+    path, layers = find_layers(model)
+    layer_b = max(tensor_bytes(layer) for layer in layers)
+    outside = tensor_bytes(model) - sum(tensor_bytes(layer) for layer in layers)
+    mods = prunable_modules(layers[0])
+    widths = [m.weight.shape[0] if type(m).__name__ == "Conv1D" else m.in_features for m in mods.values()]
+    sizes = [m.weight.numel() for m in mods.values()]
+    stats = 0
+    if "hessian" in kinds:
+        stats += sum(4 * c * c for c in widths)
+    stats += sum(4 * c for c in widths) * (3 * ("sqnorm" in kinds) + 4 * ("moments" in kinds)) + 16 * sum(widths)
+    p = next(model.parameters())
+    act = act_bytes or p.element_size()
+    d = getattr(model.config, "hidden_size", None) or getattr(model.config, "d_model", None) or widths[0]
+    widest = max(max(widths), max(sizes) // max(widths))
+    workspace = batch_tokens * (4 * d + 3 * widest) * 4 + 3 * max(sizes) * 4
+    return Plan(outside, layer_b, stats, workspace, tokens * d * act, free)
+
+
+def free_bytes(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1 << 62
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(free)
+
+
+class Onloader:
+    """``layer_io`` for :func:`polyprune.prune`: each decoder layer onto ``device`` for its turn, then back
+    to the host; the rest of the model stays on the host."""
+
+    moves_only = True  # load/release only move tensors: passes that prune nothing may use them too
+
+    def __init__(self, model: nn.Module, device: torch.device | str, activation_device=None):
+        self.device = torch.device(device)
+        self.host = torch.device("cpu")
+        self.path, self.layers = find_layers(model)
+        move_module(model, self.host)  # a no-op when loaded there
+        self.activation_device = torch.device(activation_device) if activation_device else self.device
+
+    def load(self, i: int, layer: nn.Module) -> None:
+        move_module(layer, self.device)
+
+    def release(self, i: int, layer: nn.Module, masks) -> None:
+        move_module(layer, self.host)
+
+
+def place(model: nn.Module, device: torch.device, tokens: int, kinds: frozenset, onload: str = "auto",
+          activation_device: str | None = None, act_bytes: int | None = None):
+    """Put a host-loaded model where it will be pruned. Returns ``(layer_io or None, activation device)``.
+
+    ``onload``: ``auto`` (onload when the whole model and its activations would not fit), ``always``
+    or ``never``. ``activation_device``: ``auto`` / None (the GPU when the hidden states fit beside
+    one layer, else pinned host memory), ``cpu`` or a device."""
+    if onload not in ("auto", "always", "never"):
+        raise UserError(f"--onload {onload!r}: use auto, always or never")
+    if device.type == "cpu":
+        if onload == "always":
+            return Onloader(model, device, "cpu"), torch.device("cpu")
+        return None, None
+    n_layers = len(find_layers(model)[1])
+    pl = plan(model, tokens, kinds, free_bytes(device), act_bytes)
+    if pl.one_layer > pl.free:
+        raise UserError(f"{device} has {pl.free / GiB:.1f} GiB free but pruning needs at least "
+                        f"{pl.one_layer / GiB:.1f} GiB for one decoder layer ({pl.layer / GiB:.2f} GiB weights, "
+                        f"{pl.stats / GiB:.2f} GiB statistics, {pl.workspace / GiB:.2f} GiB workspace): "
+                        f"free the GPU, use a larger one, or --device cpu")
+    resident = onload == "never" or (onload == "auto" and pl.all_resident(n_layers) <= pl.free)
+    if activation_device in (None, "", "auto"):
+        room = pl.free - (pl.all_resident(n_layers) - int(pl.hidden * MARGIN) if resident else pl.one_layer)
+        act = device if pl.hidden * MARGIN <= room else torch.device("cpu")
+    else:
+        act = check_device(activation_device)
+    log.info("placement on %s: %s, hidden states on %s (%.2f GiB free; one layer needs %.2f GiB, "
+             "hidden states %.2f GiB)", device, "all layers resident" if resident else "layer-by-layer onloading",
+             act, pl.free / GiB, pl.one_layer / GiB, pl.hidden / GiB)
+    if resident:
+        move_module(model, device)
+        return None, act
+    return Onloader(model, device, act), act
