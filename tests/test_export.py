@@ -189,3 +189,39 @@ def test_export_refuses_existing_out_wrong_base_and_foreign_masks(tiny_dir, tmp_
     with pytest.raises(UserError, match="model.layers.9.mlp.up_proj.weight is not in the checkpoint"):
         export_compressed(run, tmp_path / "y")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "cal.txt", "run", "x"]
+
+
+def test_model_card_of_a_run_with_two_evaluations(tiny_dir, tmp_path, data_dir):
+    import yaml
+    from polyprune.config import validate_config
+    from polyprune.evaluate import run_eval
+    from polyprune.pipeline import run_prune
+    cfg = validate_config({"model": str(tiny_dir("llama")), "method": "wanda", "sparsity": 0.5,
+                           "calibration": {"recipe": "monolingual", "langs": ["fra_Latn", "deu_Latn"], "nsamples": 2,
+                                           "seqlen": 16, "data_dir": str(data_dir)}})
+    run = run_prune(cfg, tmp_path / "run")
+    run_eval(str(run), "perplexity", ["fra_Latn", "deu_Latn"], None, data_dir, 3)
+    run_eval(str(run), "xnli", ["fr", "sw"], None, data_dir, 3)
+    run_eval(str(tiny_dir("llama")), "perplexity", ["fra_Latn", "deu_Latn"], run / "results" / "dense", data_dir, 3)
+    export_compressed(run, tmp_path / "x")
+    text = (tmp_path / "x" / "README.md").read_text()
+    head, body = text.split("---\n", 2)[1:]
+    front = yaml.safe_load(head)
+    assert front["base_model"] == str(tiny_dir("llama")) and front["library_name"] == "polyprune"
+    assert front["tags"] == ["pruned", "polyprune", "wanda"]
+    assert front["language"] == ["fr", "de", "sw"]  # calibration languages first, then evaluation ones
+    ppl = json.loads((run / "results" / "perplexity.json").read_text())
+    dense = json.loads((run / "results" / "dense" / "perplexity.json").read_text())
+    xnli = json.loads((run / "results" / "xnli.json").read_text())
+    m, d = ppl["metrics"]["fra_Latn"], dense["metrics"]["fra_Latn"]
+    assert (f"| fra_Latn | {m['ppl']:.4g} | {d['ppl']:.4g} | {m['bpb']:.4g} | {d['bpb']:.4g} |") in body
+    assert f"| swh_Latn | {xnli['metrics']['swh_Latn']['accuracy']:.4g} |" in body
+    assert "no dense baseline found" in body.split("### xnli")[1]
+    rec = json.loads((run / "record.json").read_text())
+    for lang, n in rec["calibration"]["tokens_per_set_and_language"]["target"].items():
+        assert f"| target | {lang} | {n} |" in body
+    assert "| 0 | 0.5 | 0.5 | 0.5 |" in body and "| 1 | 0.5 | 0.5 | 0.5 |" in body  # per-layer sparsity
+    assert (f"polyprune prune --model {tiny_dir('llama')} --method wanda --sparsity 0.5 --calibration monolingual "
+            f"--lang fra_Latn,deu_Latn --data-dir {data_dir} --nsamples 2 --seqlen 16 --seed 0 --out RUN") in body
+    assert "exported with polyprune 0.1.0" in body
+    (tmp_path / "card.md").write_text(text)  # for a look by eye
