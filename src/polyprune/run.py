@@ -98,13 +98,19 @@ def base_hash(folder: str | Path) -> str | None:
         files = sorted({e[0] for e in Checkpoint(folder).entries.values()})
     except UserError:
         return None
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.name.encode() + b"\0")
-        with open(f, "rb") as fh:
-            while chunk := fh.read(16 << 20):
-                h.update(chunk)
-    return "sha256:" + h.hexdigest()
+    key = tuple((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    if key not in _HASHES:  # one read per unchanged checkpoint and process (grids prune one base many times)
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f.name.encode() + b"\0")
+            with open(f, "rb") as fh:
+                while chunk := fh.read(16 << 20):
+                    h.update(chunk)
+        _HASHES[key] = "sha256:" + h.hexdigest()
+    return _HASHES[key]
+
+
+_HASHES: dict[tuple, str] = {}
 
 
 def base_folder(model: str) -> Path | None:
