@@ -1,20 +1,25 @@
-"""Save pruned and/or quantised models in the compressed-tensors format (vLLM, transformers).
+"""Export a run as a checkpoint other tools load, or as a compact archive polyprune reads back.
 
-Formats (``quantization_config`` in ``config.json``, ``quant_method: compressed-tensors``):
+Formats (``--format``):
 
-- ``pack-quantized``: int2–int8 codes packed into int32 with per-group/per-row scales (and zero
-  points when asymmetric), written by compressed-tensors' own ``PackedQuantizationCompressor``;
-- ``int-quantized``: int8 codes in int8 tensors (``IntQuantizationCompressor``);
-- ``sparse-bitmask``: kept values (1-D, row-major) + bit-packed mask + row offsets + shape;
-- ``sparse-24-bitmask``: 2 kept values of every 4 ([rows, cols/2]) + bit-packed mask + shape.
+- ``dense`` (the default for runs that are not quantised; alias ``hf``): a standard Hugging Face
+  checkpoint written by ``save_pretrained`` (sharded safetensors in the chosen dtype, config,
+  tokenizer, generation config) with the pruned zeros in place and no ``quantization_config``:
+  plain transformers and vLLM load it as it is;
+- ``pack-quantized`` (the default for quantised runs) / ``int-quantized``: compressed-tensors
+  W4A16 / W8A16 (``quant_method: compressed-tensors``): int2–int8 codes packed into int32 (or int8
+  codes in int8) with per-group / per-row scales, written by the library's own compressors; pruned
+  + quantised runs carry a ``dense`` ``sparsity_config`` (the zeros are exact codes);
+- ``sparse-bitmask`` / ``sparse-24-bitmask`` (only when asked for by name): polyprune archives with
+  compressed-tensors' (≤ 0.14) bitmask tensor layouts (kept values + bit-packed mask [+ row offsets]).
+  compressed-tensors ≥ 0.15 and vLLM no longer read these, and plain transformers would load such a
+  folder with random weights, so an archive is made unloadable by mistake: its ``config.json`` has
+  ``model_type: polyprune-archive`` and no ``architectures`` (``AutoConfig`` / ``from_pretrained``
+  raise), and its tensors live in ``archive/model.safetensors``, not where loaders look.
+  ``pp.load_model(folder)`` and ``polyprune eval folder`` read it back (:func:`load_archive`).
 
-The sparse layouts are compressed-tensors' (≤ 0.14) ``BitmaskCompressor`` / ``Sparse24BitMaskCompressor``
-tensor layouts under ``sparsity_config``; compressed-tensors 0.20 keeps their configs and bit-packing
-helpers (used here) but no longer ships the sparse compressors, so :func:`decompress` reads them
-with those helpers. Masks come from the run (never from ``W == 0``), so kept exact zeros survive.
-Pruned + quantised runs are stored as quantised with a ``dense`` ``sparsity_config`` (the zeros are
-exact codes). Everything is written tensor by tensor: the model is never materialised.
-"""
+Masks come from the run (never from ``W == 0``), so kept exact zeros survive. Quantised and archive
+formats are written tensor by tensor: the model is never materialised."""
 from __future__ import annotations
 
 import json
@@ -30,7 +35,11 @@ from .stream import Checkpoint, SafetensorsWriter, WEIGHT_FILE
 log = logging.getLogger(__name__)
 
 INFO_FORMAT = "polyprune-method-info"
-FORMATS = ("compressed-tensors", "dense", "sparse-bitmask", "sparse-24-bitmask", "pack-quantized", "int-quantized")
+FORMATS = ("auto", "dense", "pack-quantized", "int-quantized", "sparse-bitmask", "sparse-24-bitmask")
+ALIASES = {"compressed-tensors": "auto", "hf": "dense"}
+QUANTISED = ("pack-quantized", "int-quantized")
+ARCHIVE_MODEL_TYPE = "polyprune-archive"
+ARCHIVE_DIR = "archive"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,13 +94,14 @@ def load_method_info(path: str | Path) -> dict[str, dict]:
 # ---------------------------------------------------------------------------------------------
 # per-tensor compression (pure)
 
-def _scheme(info: dict):
+def _scheme(info: dict, fmt: str | None = None):
     from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
     gs = int(info.get("group_size", -1))
     args = QuantizationArgs(num_bits=int(info["bits"]), type="int", symmetric=bool(info["sym"]),
                             strategy="group" if gs > 0 else "channel", group_size=gs if gs > 0 else None,
                             actorder="weight" if info.get("act_order") else None)
-    return QuantizationScheme(targets=["Linear"], weights=args)
+    # the scheme's own format: compressed-tensors 0.20 reads it per module (absent = pack-quantized)
+    return QuantizationScheme(targets=["Linear"], weights=args, format=fmt)
 
 
 def quant_state(weight: torch.Tensor, info: dict, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -107,7 +117,7 @@ def compress_quantized(weight: torch.Tensor, info: dict, fmt: str, dtype: torch.
     """Local-name compressed state (``weight_packed``/``weight``, ``weight_scale`` …) by the library."""
     from compressed_tensors.compressors import BaseCompressor
     comp = BaseCompressor.get_value_from_registry(fmt)
-    return comp.compress(quant_state(weight, info, dtype), _scheme(info))
+    return comp.compress(quant_state(weight, info, dtype), _scheme(info, fmt))
 
 
 def bitmask_compress(weight: torch.Tensor, kept: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -148,25 +158,23 @@ def bitmask_decompress(t: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def choose_format(requested: str, quantised: dict | None, structured_24: bool, any_pruned: bool) -> str:
     """The storage format for a run; a format the run cannot be stored in is a UserError."""
+    requested = ALIASES.get(requested, requested)
     if requested not in FORMATS:
         raise UserError(f"unknown format {requested!r}: choose one of {', '.join(FORMATS)}")
-    if requested == "compressed-tensors":
-        if quantised:
-            return "pack-quantized"
-        if not any_pruned:
-            return "dense"
-        return "sparse-24-bitmask" if structured_24 else "sparse-bitmask"
-    if requested in ("pack-quantized", "int-quantized"):
+    if requested == "auto":
+        return "pack-quantized" if quantised else "dense"
+    if requested in QUANTISED:
         if not quantised:
             raise UserError(f"format {requested} stores quantised weights but this run is not quantised: "
-                            f"use sparse-bitmask (or compressed-tensors), or prune with --method gptq")
+                            f"use dense (a plain Hugging Face checkpoint), or prune with --method gptq")
         if requested == "int-quantized" and int(quantised["bits"]) != 8:
             raise UserError(f"int-quantized stores 8-bit codes but the run has {quantised['bits']}-bit weights: "
                             f"use pack-quantized")
     if requested in SPARSE and quantised:
         raise UserError(f"format {requested} stores float values but this run is quantised: use pack-quantized")
     if requested == "sparse-24-bitmask" and not structured_24:
-        raise UserError("format sparse-24-bitmask needs 2:4 masks: use sparse-bitmask, or prune with --pattern 2:4")
+        raise UserError("format sparse-24-bitmask needs 2:4 masks but this run is not 2:4: use sparse-bitmask, "
+                        "or prune with --pattern 2:4")
     return requested
 
 
@@ -174,38 +182,100 @@ def choose_format(requested: str, quantised: dict | None, structured_24: bool, a
 # export
 
 def _run_sources(run: Path):
-    """(checkpoint of final or base weights, weights already final?, masks file, kept-values file)."""
-    from .run import is_run, read_config
-    from .stream import local_checkpoint
+    """(checkpoint of final or base weights, weights already final?, its folder, run config)."""
+    from .run import base_folder, check_base, is_run, read_config
     if not is_run(run):
         raise UserError(f"{run} is not a run folder (no config.yaml + masks.safetensors): give a prune --out folder")
-    if (run / "model").is_dir():
-        return Checkpoint(run / "model"), True, run / "model"
     cfg = read_config(run)
-    src = local_checkpoint(cfg.model)
-    return Checkpoint(src), False, src
+    if (run / "model").is_dir():
+        return Checkpoint(run / "model"), True, run / "model", cfg
+    src = base_folder(cfg.model)
+    if src is None:
+        raise UserError(f"base model {cfg.model} of {run} is not available locally: download it first")
+    check_base(cfg, run, src)
+    return Checkpoint(src), False, src, cfg
 
 
-def export_compressed(run: str | Path, out: str | Path, fmt: str = "compressed-tensors", *, dtype: str | None = None,
+def check_masks_fit(mf, ckpt: Checkpoint, src) -> list[str]:
+    """The masked matrices, each present in the checkpoint with the mask's shape."""
+    from .masks import mask_metadata
+    names = list(mf.keys())
+    shapes = mask_metadata(mf.path).get("shapes") if hasattr(mf, "path") else None
+    for n in names:
+        if n not in ckpt:
+            raise UserError(f"masked matrix {n} is not in the checkpoint {src}: the masks were made for another model")
+        shape = tuple(shapes[n]) if shapes else tuple(mf.get_slice(n).get_shape())
+        if shape != tuple(ckpt.shape(n)):
+            raise UserError(f"mask {n} has shape {shape} but the checkpoint {src} has {tuple(ckpt.shape(n))}: "
+                            f"the masks were made for another model")
+    return names
+
+
+class _Masks:
+    """Masks of a run read one matrix at a time (packed or one-byte files), as ``safe_open``."""
+
+    def __init__(self, path: Path):
+        from safetensors import safe_open
+        from .masks import mask_metadata
+        self.path = path
+        self.meta = mask_metadata(path)
+        self.f = safe_open(str(path), "pt")
+
+    def keys(self):
+        return list(self.f.keys())
+
+    def get_slice(self, name):
+        return self.f.get_slice(name)
+
+    def get_tensor(self, name: str) -> torch.Tensor:
+        from .masks import _as_bool, unpack_bits
+        t = self.f.get_tensor(name)
+        if self.meta.get("packing") == "bits":
+            return unpack_bits(t, self.meta["shapes"][name])
+        return _as_bool(name, t, self.path)
+
+
+def dense_sizes(ckpt: Checkpoint) -> dict[str, int]:
+    """Bytes of the checkpoint with every float tensor in fp32 / bf16 (other tensors as stored)."""
+    import numpy as np
+    out = {"fp32": 0, "bf16": 0}
+    for name in ckpt.keys():
+        dt, n = ckpt.dtype(name), int(np.prod(ckpt.shape(name))) if ckpt.shape(name) else 1
+        out["fp32"] += n * (4 if dt.is_floating_point else dt.itemsize)
+        out["bf16"] += n * (2 if dt.is_floating_point else dt.itemsize)
+    return out
+
+
+def load_commands(out: Path, fmt: str) -> dict[str, str]:
+    """How to load an export: one line per loader."""
+    if fmt in SPARSE:
+        return {"polyprune": f"python -c \"import polyprune as pp; model, tok = pp.load_model('{out}')\"",
+                "transformers": "not loadable (a polyprune archive; export --format dense for transformers)",
+                "vllm": "not loadable (vLLM dropped bitmask sparsity; export --format dense for vLLM)"}
+    return {"transformers": f"python -c \"from transformers import AutoModelForCausalLM; "
+                            f"model = AutoModelForCausalLM.from_pretrained('{out}')\"",
+            "vllm": f"vllm serve {out}" + ("" if fmt == "dense" else "  # W4A16/W8A16 kernels need a GPU")}
+
+
+def export_compressed(run: str | Path, out: str | Path, fmt: str = "auto", *, dtype: str | None = None,
                       force: bool = False) -> dict:
-    """Write the run's model to ``out`` in a compressed-tensors format, tensor by tensor, atomically.
-    Returns a report with bytes on disk (compressed vs the dense checkpoint)."""
-    from safetensors import safe_open
+    """Write the run's model to ``out`` in ``fmt`` atomically (staged, then renamed), with a model
+    card (README.md). Every check (format, base hash, masks vs model, --out) runs before anything
+    is written. Returns a report with bytes on disk vs the dense fp32 / bf16 checkpoint."""
     from .model import DTYPES
-    from .run import staged_dir, write_json
-    run = Path(run)
-    ckpt, final, src = _run_sources(run)
+    run, out = Path(run), Path(out)
+    fmt = ALIASES.get(fmt, fmt)
+    if fmt not in FORMATS:
+        raise UserError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
     if dtype is not None and dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    if out.exists() and not force:
+        raise UserError(f"output folder {out} already exists: choose another --out or pass --force")
+    ckpt, final, src, cfg = _run_sources(run)
     info = load_method_info(run)
     quant = {n: i for n, i in info.items() if "scale" in i and "bits" in i}
-    mf = safe_open(str(run / "masks.safetensors"), "pt")
-    mask_names = list(mf.keys())
-    missing = [n for n in mask_names if n not in ckpt]
-    if missing:
-        raise UserError(f"masked matrix {missing[0]} is not in the checkpoint {src}: the run belongs to another model")
-    kept_file = run / "weights.safetensors"
-    kf = safe_open(str(kept_file), "pt") if (kept_file.is_file() and not final) else None
+    mf = _Masks(run / "masks.safetensors")
+    mask_names = check_masks_fit(mf, ckpt, src)
     # what the run is: decided from the masks' shapes and counts (one pass, one matrix at a time)
     any_pruned, is24 = False, True
     for n in mask_names:
@@ -215,7 +285,7 @@ def export_compressed(run: str | Path, out: str | Path, fmt: str = "compressed-t
         is24 &= c % 4 == 0 and bool((m.reshape(r, -1, 4).sum(-1) == 2).all())
     first_q = next(iter(quant.values()), None)
     chosen = choose_format(fmt, first_q, is24 and any_pruned, any_pruned)
-    if chosen in ("pack-quantized", "int-quantized"):
+    if chosen in QUANTISED:
         kinds = {(int(i["bits"]), int(i.get("group_size", -1)), bool(i["sym"]), bool(i.get("act_order"))) for i in quant.values()}
         if len(kinds) > 1:
             raise UserError("matrices were quantised with different settings: one quantisation scheme per export")
@@ -223,57 +293,111 @@ def export_compressed(run: str | Path, out: str | Path, fmt: str = "compressed-t
         for n, i in quant.items():
             quant_spec(int(i["bits"]), int(i.get("group_size", -1)), bool(i["sym"]), ckpt.shape(n)[-1])
     out_dtype = DTYPES[dtype] if dtype else None
-    report = {"format": chosen, "source": str(src), "dense_bytes": 0, "compressed_bytes": 0,
-              "matrices": len(mask_names), "dense_matrix_bytes": 0, "compressed_matrix_bytes": 0}
-    with staged_dir(Path(out), force) as tmp:
-        w = SafetensorsWriter(tmp / "model.safetensors", {"format": "pt"})
-        try:
-            for name in ckpt.keys():
-                src_dt = ckpt.dtype(name)
-                dt = out_dtype if (out_dtype is not None and src_dt.is_floating_point) else src_dt
-                dense_bytes = ckpt.nbytes([name]) * dt.itemsize // src_dt.itemsize
-                report["dense_bytes"] += dense_bytes
-                before = w.nbytes
-                if name not in mask_names or chosen == "dense":
-                    if dt == src_dt and (name not in mask_names or final):
-                        w.add_from(name, ckpt)
-                    else:
-                        w.add(name, _final_weight(ckpt, name, mf, kf, final).to(dt) if name in mask_names
-                              else ckpt.load(name).to(dt))
-                    report["compressed_bytes"] += w.nbytes - before
-                    continue
-                weight = _final_weight(ckpt, name, mf, kf, final)
-                module = name[: -len(".weight")] if name.endswith(".weight") else name
-                if chosen in SPARSE:
-                    kept = mf.get_tensor(name).to(torch.bool)
-                    parts = SPARSE[chosen](weight.to(dt), kept)
-                    for k, t in parts.items():
-                        w.add(f"{module}.{k}", t)
-                elif name in quant:
-                    parts = compress_quantized(weight, quant[name], chosen, dt)
-                    for k, t in parts.items():
-                        w.add(f"{module}.{k}", t)
-                else:  # a dense (kept) layer of a quantised run: listed in "ignore"
-                    w.add(name, weight.to(dt))
-                report["dense_matrix_bytes"] += dense_bytes
-                report["compressed_matrix_bytes"] += w.nbytes - before
-                report["compressed_bytes"] += w.nbytes - before
-        except BaseException:
-            w.abort()
-            raise
-        w.close()
-        config = json.loads((src / "config.json").read_text()) if (src / "config.json").is_file() else {}
-        if out_dtype is not None:
-            config["torch_dtype"] = config["dtype"] = str(out_dtype).replace("torch.", "")
-        config["quantization_config"] = compression_config(chosen, quant, mask_names, mf, config)
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        for f in sorted(src.iterdir()):
-            if f.is_file() and not WEIGHT_FILE.match(f.name) and f.name != "config.json" and not f.name.startswith("."):
-                (tmp / f.name).write_bytes(f.read_bytes())
+    from .run import staged_dir, write_json
+    with staged_dir(out, force) as tmp:
+        if chosen == "dense":
+            report = _write_dense(run, tmp, ckpt, out_dtype)
+        else:
+            report = _write_tensors(tmp, chosen, ckpt, final, src, mf, mask_names, quant, out_dtype, run, is24)
+        report.update({"format": chosen, "source": str(src), "matrices": len(mask_names)})
+        sizes = dense_sizes(ckpt)
+        report["dense_fp32_bytes"], report["dense_bf16_bytes"] = sizes["fp32"], sizes["bf16"]
+        report["on_disk_bytes"] = sum(f.stat().st_size for f in tmp.rglob("*.safetensors"))
+        report["ratio_fp32"] = report["on_disk_bytes"] / sizes["fp32"]
+        report["ratio_bf16"] = report["on_disk_bytes"] / sizes["bf16"]
         report["ratio"] = report["compressed_bytes"] / report["dense_bytes"]
         report["matrix_ratio"] = (report["compressed_matrix_bytes"] / report["dense_matrix_bytes"]
                                   if report["dense_matrix_bytes"] else 1.0)
+        report["load"] = load_commands(out, chosen)
+        from .card import write_card
+        write_card(tmp / "README.md", run, cfg, chosen, report)
         write_json(tmp / "compression_report.json", report)
+    return report
+
+
+def _write_dense(run: Path, tmp: Path, ckpt: Checkpoint, out_dtype) -> dict:
+    """A plain Hugging Face checkpoint by ``save_pretrained``: the run rebuilt (base × masks with
+    kept values, or its saved model/) in the chosen dtype (default: the checkpoint's)."""
+    from .run import load_run_or_model
+    floats = [ckpt.dtype(n) for n in ckpt.keys() if ckpt.dtype(n).is_floating_point]
+    dt = out_dtype or (floats[0] if floats else torch.float32)
+    model, tok, _ = load_run_or_model(str(run), dtype=str(dt).replace("torch.", ""), device="cpu")
+    model.config.dtype = dt
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    model.save_pretrained(tmp, max_shard_size="5GB")
+    if tok is not None:
+        tok.save_pretrained(tmp)
+    written = sum(f.stat().st_size for f in tmp.glob("*.safetensors"))
+    dense = sum(ckpt.nbytes([n]) * (dt.itemsize if ckpt.dtype(n).is_floating_point else ckpt.dtype(n).itemsize)
+                // ckpt.dtype(n).itemsize for n in ckpt.keys())
+    return {"dense_bytes": dense, "compressed_bytes": written, "dense_matrix_bytes": 0, "compressed_matrix_bytes": 0}
+
+
+def _write_tensors(tmp: Path, chosen: str, ckpt: Checkpoint, final: bool, src: Path, mf, mask_names: list[str],
+                   quant: dict, out_dtype, run: Path, is24: bool) -> dict:
+    """compressed-tensors quantised checkpoints and polyprune archives, tensor by tensor."""
+    from safetensors import safe_open
+    archive = chosen in SPARSE
+    kept_file = run / "weights.safetensors"
+    kf = safe_open(str(kept_file), "pt") if (kept_file.is_file() and not final) else None
+    report = {"dense_bytes": 0, "compressed_bytes": 0, "dense_matrix_bytes": 0, "compressed_matrix_bytes": 0}
+    wdir = tmp / ARCHIVE_DIR if archive else tmp
+    wdir.mkdir(exist_ok=True)
+    w = SafetensorsWriter(wdir / "model.safetensors", {"format": "pt"})
+    masked = set(mask_names)
+    try:
+        for name in ckpt.keys():
+            src_dt = ckpt.dtype(name)
+            dt = out_dtype if (out_dtype is not None and src_dt.is_floating_point) else src_dt
+            dense_bytes = ckpt.nbytes([name]) * dt.itemsize // src_dt.itemsize
+            report["dense_bytes"] += dense_bytes
+            before = w.nbytes
+            if name not in masked:
+                if dt == src_dt:
+                    w.add_from(name, ckpt)
+                else:
+                    w.add(name, ckpt.load(name).to(dt))
+                report["compressed_bytes"] += w.nbytes - before
+                continue
+            weight = _final_weight(ckpt, name, mf, kf, final)
+            module = name[: -len(".weight")] if name.endswith(".weight") else name
+            if archive:
+                parts = SPARSE[chosen](weight.to(dt), mf.get_tensor(name))
+            elif name in quant:
+                parts = compress_quantized(weight, quant[name], chosen, dt)
+            else:  # a dense (kept) layer of a quantised run: listed in "ignore"
+                parts = None
+                w.add(name, weight.to(dt))
+            for k, t in (parts or {}).items():
+                w.add(f"{module}.{k}", t)
+            report["dense_matrix_bytes"] += dense_bytes
+            report["compressed_matrix_bytes"] += w.nbytes - before
+            report["compressed_bytes"] += w.nbytes - before
+    except BaseException:
+        w.abort()
+        raise
+    w.close()
+    config = json.loads((src / "config.json").read_text()) if (src / "config.json").is_file() else {}
+    config.pop("quantization_config", None)
+    if out_dtype is not None:
+        config["torch_dtype"] = config["dtype"] = str(out_dtype).replace("torch.", "")
+    qc = compression_config(chosen, quant, mask_names, mf, config, is24)
+    if archive:
+        import polyprune
+        config = {"model_type": ARCHIVE_MODEL_TYPE, "architectures": [],
+                  "polyprune_archive": {"format": chosen, "polyprune_version": polyprune.__version__,
+                                        "tensors": f"{ARCHIVE_DIR}/model.safetensors",
+                                        "sparsity_config": qc["sparsity_config"], "base_config": config},
+                  "_note": "a polyprune sparse archive: load it with polyprune.load_model(folder); "
+                           "transformers and vLLM cannot read this layout"}
+    else:
+        config["quantization_config"] = qc
+    (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    for f in sorted(src.iterdir()):
+        if f.is_file() and not WEIGHT_FILE.match(f.name) and f.name not in ("config.json", "README.md") \
+                and not f.name.startswith("."):
+            (tmp / f.name).write_bytes(f.read_bytes())
     return report
 
 
@@ -300,7 +424,8 @@ def linear_modules(config: dict) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) or is_conv1d(m)]
 
 
-def compression_config(fmt: str, quant: dict[str, dict], mask_names: list[str], mf, config: dict) -> dict:
+def compression_config(fmt: str, quant: dict[str, dict], mask_names: list[str], mf, config: dict,
+                       is24: bool = False) -> dict:
     """``config.json["quantization_config"]`` as compressed-tensors writes it (``update_config``)."""
     import compressed_tensors
     from compressed_tensors.config import BitmaskConfig, Sparse24BitMaskConfig
@@ -318,14 +443,14 @@ def compression_config(fmt: str, quant: dict[str, dict], mask_names: list[str], 
                            sparsity_structure="2:4" if fmt == "sparse-24-bitmask" else "unstructured").model_dump()
     elif quant and pruned:
         sparsity_cfg = {"format": "dense", "global_sparsity": sparsity, "targets": modules, "ignore": [],
-                        "sparsity_structure": "unstructured", "registry_requires_subclass": False}
+                        "sparsity_structure": "2:4" if is24 else "unstructured", "registry_requires_subclass": False}
     data: dict[str, Any] = {"version": compressed_tensors.__version__, "quant_method": "compressed-tensors",
                             "sparsity_config": sparsity_cfg, "transform_config": {}}
     if fmt in ("pack-quantized", "int-quantized"):
         from compressed_tensors.quantization import QuantizationConfig
         first = next(iter(quant.values()))
         ignore = sorted(set(linear_modules(config)) - {n[: -len(".weight")] for n in quant})
-        qc = QuantizationConfig(config_groups={"group_0": _scheme(first)}, format=fmt,
+        qc = QuantizationConfig(config_groups={"group_0": _scheme(first, fmt)}, format=fmt,
                                 quantization_status="compressed", ignore=ignore)
         data.update(qc.model_dump(exclude=["quant_method"]))
         data["quantization_status"] = "compressed"
@@ -340,10 +465,16 @@ def decompress(folder: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
     from compressed_tensors.compressors import BaseCompressor
     from compressed_tensors.quantization import QuantizationConfig
     folder = Path(folder)
-    cfg = json.loads((folder / "config.json").read_text())["quantization_config"]
+    config = json.loads((folder / "config.json").read_text())
+    if config.get("model_type") == ARCHIVE_MODEL_TYPE:
+        arch = config["polyprune_archive"]
+        cfg = {"format": arch["format"], "sparsity_config": arch["sparsity_config"]}
+        ckpt = Checkpoint(folder / ARCHIVE_DIR)
+    else:
+        cfg = config.get("quantization_config") or {"format": "dense"}
+        ckpt = Checkpoint(folder)
     fmt = cfg.get("format")
     sparse_fmt = (cfg.get("sparsity_config") or {}).get("format")
-    ckpt = Checkpoint(folder)
     groups: dict[str, dict[str, str]] = {}
     plain = []
     suffixes = ("weight_packed", "weight_scale", "weight_shape", "weight_zero_point", "shape", "compressed",
@@ -371,3 +502,43 @@ def decompress(folder: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
             yield f"{mod}.weight", comp.decompress(t, scheme)["weight"]
     for k in plain:
         yield k, ckpt.load(k)
+
+
+def is_archive(folder: str | Path) -> bool:
+    """Whether ``folder`` is a polyprune sparse archive (see the module docstring)."""
+    f = Path(folder) / "config.json"
+    if not f.is_file():
+        return False
+    try:
+        return json.loads(f.read_text()).get("model_type") == ARCHIVE_MODEL_TYPE
+    except (json.JSONDecodeError, AttributeError):
+        return False
+
+
+def load_archive(folder: str | Path, dtype=None, device: str | None = None, tokenizer=False):
+    """``(model, tokenizer)`` of a sparse archive: the base architecture from the stored config, the
+    weights decompressed (bitmask layouts back to dense matrices with the pruned zeros)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from .model import load_tokenizer, resolve_device, resolve_dtype
+    folder = Path(folder)
+    arch = json.loads((folder / "config.json").read_text())["polyprune_archive"]
+    base = dict(arch["base_config"])
+    config = AutoConfig.for_model(**base)
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=dt)
+    state = {k: v.to(dt) if v.is_floating_point() else v for k, v in decompress(folder)}
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    tied = {k for k in missing if k.endswith("lm_head.weight")} if getattr(config, "tie_word_embeddings", False) else set()
+    if set(missing) - tied or unexpected:
+        raise UserError(f"{folder}: the archive's tensors do not match its config ({len(missing)} missing, "
+                        f"{len(unexpected)} unexpected): re-export it")
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    model.to(dev).eval()
+    model.requires_grad_(False)
+    tok = load_tokenizer(str(folder)) if tokenizer is False else tokenizer
+    model.polyprune_source = str(folder)
+    return model, tok

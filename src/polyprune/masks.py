@@ -167,7 +167,8 @@ def apply_masks(model: torch.nn.Module, masks: dict[str, torch.Tensor], strict: 
             continue
         p = params[name]
         if tuple(p.shape) != tuple(mask.shape):
-            raise UserError(f"mask {name} has shape {tuple(mask.shape)} but the parameter is {tuple(p.shape)}")
+            raise UserError(f"mask {name} has shape {tuple(mask.shape)} but the parameter is {tuple(p.shape)}: "
+                            f"masks were made for another model")
         with torch.no_grad():
             p.data.mul_(mask.to(device=p.device, dtype=p.dtype))
         zeroed += int((~mask).sum())
@@ -180,32 +181,119 @@ def atomic_path(path: Path) -> Path:
     return Path(tmp)
 
 
+MASK_FORMAT = "polyprune-masks"
+BIT_ORDER = "little"  # bit i of byte j holds element 8·j + i of the row-major flattened mask
+
+
+def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """One bit per element (uint8, 1-D, ``ceil(numel / 8)`` bytes, little bit order, zero padding)."""
+    import numpy as np
+    flat = mask.detach().to(torch.bool).contiguous().cpu().reshape(-1).numpy()
+    return torch.from_numpy(np.packbits(flat, bitorder=BIT_ORDER))
+
+
+def unpack_bits(packed: torch.Tensor, shape) -> torch.Tensor:
+    """Inverse of :func:`pack_bits`: a bool tensor of ``shape``."""
+    import numpy as np
+    n = int(np.prod(shape)) if len(shape) else 1
+    bits = np.unpackbits(packed.contiguous().numpy(), count=n, bitorder=BIT_ORDER).astype(bool)
+    return torch.from_numpy(bits).reshape(tuple(shape))
+
+
+class MaskWriter:
+    """Write a masks file one matrix at a time (bit-packed), for in-memory and streamed runs alike:
+    one writer, so both give the same tensors and the same metadata. Shapes, packing and bit order
+    go into the single ``polyprune`` metadata entry (a JSON object with sorted keys)."""
+
+    def __init__(self, path: str | Path, metadata: dict[str, str] | None = None):
+        from .stream import SafetensorsWriter
+        self.meta = {"format": MASK_FORMAT, "convention": "True=kept", "packing": "bits",
+                     "bit_order": BIT_ORDER, **(metadata or {})}
+        self.shapes: dict[str, list[int]] = {}
+        self.writer = SafetensorsWriter(path)
+
+    def add(self, name: str, mask: torch.Tensor) -> None:
+        self.shapes[name] = list(mask.shape)
+        self.writer.add(name, pack_bits(mask))
+
+    def close(self) -> None:
+        self.writer.metadata = {"polyprune": json.dumps({**self.meta, "shapes": dict(sorted(self.shapes.items()))},
+                                                        sort_keys=True)}
+        self.writer.close()
+
+    def abort(self) -> None:
+        self.writer.abort()
+
+
 def save_masks(masks: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
-    """Write masks (bool, True = kept) to a safetensors file atomically."""
-    from safetensors.torch import save_file
+    """Write masks (bool, True = kept) bit-packed to a safetensors file atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = atomic_path(path)
+    w = MaskWriter(tmp, metadata)
     try:
-        # one metadata key: safetensors writes a multi-key metadata map in arbitrary order
-        meta = json.dumps({"format": "polyprune-masks", "convention": "True=kept", **(metadata or {})},
-                          sort_keys=True)
-        save_file({k: v.to(torch.bool).contiguous().cpu() for k, v in sorted(masks.items())}, str(tmp),
-                  metadata={"polyprune": meta})
+        for k in sorted(masks):
+            w.add(k, masks[k])
+        w.close()
         os.replace(tmp, path)
+    except BaseException:
+        w.abort()
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
 
+def mask_metadata(path: str | Path) -> dict:
+    """The ``polyprune`` metadata of a masks file (``{}`` for files without it)."""
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as f:
+        return json.loads((f.metadata() or {}).get("polyprune", "{}"))
+
+
+def _as_bool(name: str, t: torch.Tensor, p: Path) -> torch.Tensor:
+    """A one-value-per-weight mask (the older layout) as bool; values other than 0/1 are refused so
+    that a soft mask (e.g. scores in [0, 1)) is never applied as keep-all."""
+    if t.dtype == torch.bool:
+        return t
+    if not bool(((t == 0) | (t == 1)).all()):
+        raise UserError(f"mask {name} in {p} holds values other than 0 and 1 ({t.dtype}): masks must be "
+                        f"boolean (True = kept); binarise it before saving")
+    return t != 0
+
+
 def load_masks(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read masks written by :func:`save_masks` (a run folder or the .safetensors file)."""
-    from safetensors.torch import load_file
+    """Read masks written by :func:`save_masks` (a run folder or the .safetensors file) as
+    ``{name: bool tensor}``; bit-packed and older one-byte-per-weight files alike."""
+    from safetensors import SafetensorError, safe_open
     p = Path(path)
     if p.is_dir():
         p = p / "masks.safetensors"
     if not p.is_file():
         raise UserError(f"mask file {p} does not exist: give a run folder or a masks.safetensors file")
-    return {k: v.to(torch.bool) for k, v in load_file(str(p)).items()}
+    try:
+        with safe_open(str(p), "pt") as f:
+            meta = json.loads((f.metadata() or {}).get("polyprune", "{}"))
+            raw = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise UserError(f"mask file {p} cannot be read ({str(e).splitlines()[0]}): it is truncated or not a "
+                        f"masks file; re-run the prune") from None
+    if meta.get("packing") != "bits":
+        return {k: _as_bool(k, v, p) for k, v in raw.items()}
+    if meta.get("bit_order", BIT_ORDER) != BIT_ORDER:
+        raise UserError(f"mask file {p} uses bit order {meta.get('bit_order')!r}; this version reads {BIT_ORDER!r}")
+    shapes = meta.get("shapes", {})
+    out = {}
+    for k, v in raw.items():
+        if k not in shapes:
+            raise UserError(f"mask file {p} has no shape for {k}: the file is damaged; re-run the prune")
+        n = 1
+        for d in shapes[k]:
+            n *= int(d)
+        if v.dtype != torch.uint8 or v.dim() != 1 or v.numel() != -(-n // 8):
+            raise UserError(f"mask {k} in {p} has {v.numel()} {v.dtype} bytes for shape {tuple(shapes[k])} "
+                            f"(expected {-(-n // 8)} uint8): the file is damaged; re-run the prune")
+        out[k] = unpack_bits(v, shapes[k])
+    return out
 
 
 def sparsity_report(masks: dict[str, torch.Tensor]) -> dict:

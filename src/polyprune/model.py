@@ -63,8 +63,16 @@ def load_tokenizer(name: str):
 def load_model(name: str, dtype: str | torch.dtype | None = None, device: str | None = None,
                tokenizer=False):
     """Returns (model, tokenizer): ``AutoModelForCausalLM`` in eval mode, no grad. Pass an already
-    loaded ``tokenizer`` (or ``None``) to skip loading it again."""
+    loaded ``tokenizer`` (or ``None``) to skip loading it again. A run folder is rebuilt from its base
+    model + masks (+ kept values); a polyprune sparse archive is decompressed."""
     from transformers import AutoConfig, AutoModelForCausalLM
+    from .formats import is_archive, load_archive
+    from .run import is_run, load_run_or_model
+    if Path(str(name)).is_dir() and is_run(name):
+        model, tok, _ = load_run_or_model(str(name), dtype, device)
+        return model, tok
+    if Path(str(name)).is_dir() and is_archive(name):
+        return load_archive(name, dtype, device, tokenizer)
     path = resolve_model_path(name)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)

@@ -84,17 +84,82 @@ def swap_in(tmp: Path, folder: Path) -> None:
         os.replace(tmp, folder)
 
 
+def mask_metadata_of(cfg: RunConfig) -> dict[str, str]:
+    """What a masks file records about its run (the same for in-memory and streamed runs)."""
+    return {"method": cfg.method, "model": cfg.model, "pattern": cfg.pattern, "sparsity": str(cfg.sparsity)}
+
+
+def base_hash(folder: str | Path) -> str | None:
+    """``sha256:<hex>`` over the base checkpoint's weight files (names and bytes, in name order), so a
+    run rebuilt from base + masks can tell that its base changed; ``None`` without local weights."""
+    import hashlib
+    from .stream import Checkpoint
+    try:
+        files = sorted({e[0] for e in Checkpoint(folder).entries.values()})
+    except UserError:
+        return None
+    key = tuple((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    if key not in _HASHES:  # one read per unchanged checkpoint and process (grids prune one base many times)
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f.name.encode() + b"\0")
+            with open(f, "rb") as fh:
+                while chunk := fh.read(16 << 20):
+                    h.update(chunk)
+        _HASHES[key] = "sha256:" + h.hexdigest()
+    return _HASHES[key]
+
+
+_HASHES: dict[tuple, str] = {}
+
+
+def base_folder(model: str) -> Path | None:
+    """The local folder holding the base checkpoint of ``model`` (None when it is not local)."""
+    from .model import resolve_model_path
+    p = Path(resolve_model_path(model))
+    if p.is_dir():
+        return p
+    try:
+        from huggingface_hub import snapshot_download
+        return Path(snapshot_download(model, local_files_only=True))
+    except Exception:  # noqa: BLE001 — not in the local cache: nothing to hash
+        return None
+
+
+def config_data(cfg: RunConfig, folder: str | Path | None = None) -> dict:
+    """config.yaml's content: the run config, the base checkpoint's hash, library versions."""
+    data = cfg.model_dump(mode="json")
+    if data.get("base_hash") is None:
+        src = Path(folder) if folder is not None else base_folder(cfg.model)
+        data["base_hash"] = base_hash(src) if src is not None else None
+    data["versions"] = versions()
+    return data
+
+
+def check_base(cfg: RunConfig, run: Path, folder: str | Path | None = None) -> None:
+    """A run rebuilt from its base model must find the base it was pruned from."""
+    if not cfg.base_hash:
+        log.warning("%s records no base model hash (an older run): cannot check that %s is the model it was "
+                    "pruned from", run, cfg.model)
+        return
+    src = Path(folder) if folder is not None else base_folder(cfg.model)
+    now = base_hash(src) if src is not None else None
+    if now is None:
+        log.warning("base model %s has no local safetensors to check against the run's hash", cfg.model)
+    elif now != cfg.base_hash:
+        raise UserError(f"base model {cfg.model} has hash {now} but {run} was pruned from {cfg.base_hash}: "
+                        f"give the original base model (or re-prune)")
+
+
 def write_run(folder: Path, cfg: RunConfig, masks, calibration=None, tokenizer=None, model=None) -> None:
     """Write the run artifacts into ``folder`` (normally a staged temp folder)."""
     from safetensors.torch import save_file
     folder.mkdir(parents=True, exist_ok=True)
-    data = cfg.model_dump(mode="json")
-    data["versions"] = versions()
+    data = config_data(cfg)
     (folder / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    meta = {"method": cfg.method, "model": cfg.model, "pattern": cfg.pattern, "sparsity": str(cfg.sparsity)}
-    save_masks(masks, folder / "masks.safetensors", meta)
+    save_masks(masks, folder / "masks.safetensors", mask_metadata_of(cfg))
     weights = getattr(masks, "weights", {}) or {}
-    if weights:  # only the kept values: W[mask] in row-major order
+    if weights:  # only the kept values: W[mask] in row-major order, in the model's dtype
         save_file({k: v[masks[k]].contiguous() for k, v in sorted(weights.items())},
                   str(folder / "weights.safetensors"), metadata={"format": "polyprune-kept-values"})
     perms = getattr(masks, "permutations", {}) or {}
@@ -140,10 +205,16 @@ def load_kept_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def apply_run(model, path: str | Path) -> None:
-    """Apply a run's masks (and the updated kept values of weight-updating methods) to ``model``."""
+    """Apply a run's masks (and the updated kept values of weight-updating methods) to ``model``;
+    masks or kept values that do not fit the model are a UserError (nothing half-applied is returned)."""
     masks = load_masks(path)
-    apply_masks(model, masks)
     kept = load_kept_weights(Path(path))
+    for name, values in kept.items():
+        if name not in masks or values.numel() != int(masks[name].sum()):
+            raise UserError(f"{path}/weights.safetensors: kept values of {name} do not match its mask "
+                            f"({values.numel()} values for {int(masks[name].sum()) if name in masks else 0} kept "
+                            f"weights): the run folder is damaged; re-run the prune")
+    apply_masks(model, masks)
     if kept:
         params = dict(model.named_parameters())
         with torch.no_grad():
@@ -162,6 +233,7 @@ def load_run_or_model(target: str, dtype: str | None = None, device: str | None 
         if (p / "model").is_dir():
             model, tok = load_model(str(p / "model"), dtype or cfg.dtype, device or cfg.device)
         else:
+            check_base(cfg, p)
             model, tok = load_model(cfg.model, dtype or cfg.dtype, device or cfg.device)
             apply_run(model, p)
         return model, tok, p

@@ -340,9 +340,8 @@ class LayerStreamer:
         self.n_shards = n_layers + 1
         self.weight_map: dict[str, str] = {}
         self.total_size = 0
-        self.masks = SafetensorsWriter(self.out / "masks.safetensors", {"format": "polyprune-masks",
-                                                                        "convention": "True=kept",
-                                                                        **(mask_metadata or {})})
+        from .masks import MaskWriter
+        self.masks = MaskWriter(self.out / "masks.safetensors", mask_metadata)  # the in-memory runs' writer
         self.kept = SafetensorsWriter(self.out / "weights.safetensors", {"format": "polyprune-kept-values"})
         self.info = SafetensorsWriter(self.out / "info.safetensors", {"format": INFO_FORMAT})
         self.info_scalars: dict[str, dict] = {}
@@ -516,7 +515,8 @@ def needed_bytes(ckpt: Checkpoint, prunable: int, updates_weights: bool) -> int:
 
 def stream_prune(model_dir: str | Path, calibration: Any, out: str | Path, method: str = "wanda",
                  sparsity: float | None = 0.5, pattern: str = "unstructured", *, dtype: str | torch.dtype | None = None,
-                 activation_dtype: str | torch.dtype | None = None, check_space: bool = True, **prune_options) -> dict:
+                 activation_dtype: str | torch.dtype | None = None, check_space: bool = True,
+                 mask_metadata: dict[str, str] | None = None, **prune_options) -> dict:
     """Prune the safetensors checkpoint in ``model_dir`` layer by layer into the folder ``out`` (created;
     normally a staged temp folder): ``model/``, ``masks.safetensors``, ``weights.safetensors``,
     ``info.safetensors``. ``prune_options`` go to :func:`polyprune.prune` (seed, sequential,
@@ -543,7 +543,7 @@ def stream_prune(model_dir: str | Path, calibration: Any, out: str | Path, metho
         check_target(out / "x", needed_bytes(ckpt, prunable, meth.updates_weights))
     from .model import find_layers
     n_layers = len(find_layers(model)[1])
-    io = LayerStreamer(model, path, ckpt, out, dt, n_layers,
+    io = LayerStreamer(model, path, ckpt, out, dt, n_layers, mask_metadata or
                        {"method": method, "model": str(model_dir), "pattern": str(pattern), "sparsity": str(sparsity)})
     return_freed_memory()
     try:
@@ -587,7 +587,7 @@ def run_prune_streaming(cfg, out: str | Path, force: bool = False) -> Path:
     import yaml
     from .model import load_tokenizer
     from .pipeline import calibration_from_config, engine_options
-    from .run import staged_dir, versions, write_json
+    from .run import config_data, mask_metadata_of, staged_dir, write_json
     out = Path(out)
     if cfg.device not in (None, "auto", "cpu"):
         raise UserError("streaming (--offload / --max-memory) runs on the CPU: drop --device")
@@ -598,9 +598,9 @@ def run_prune_streaming(cfg, out: str | Path, force: bool = False) -> Path:
         tok = load_tokenizer(str(src))
         cal = calibration_from_config(cfg.calibration, tok, cfg.seed, cfg.method)
         rec = stream_prune(src, cal, tmp, cfg.method, cfg.sparsity, cfg.pattern, dtype=cfg.dtype,
-                           activation_dtype=cfg.activation_dtype, **engine_options(cfg))
-        data = cfg.model_dump(mode="json")
-        data["versions"] = versions()
+                           activation_dtype=cfg.activation_dtype, mask_metadata=mask_metadata_of(cfg),
+                           **engine_options(cfg))
+        data = config_data(cfg, src)
         (tmp / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
         if cal is not None:
             cal.write_jsonl(tmp / "calibration.jsonl", tok)

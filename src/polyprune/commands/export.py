@@ -1,4 +1,4 @@
-"""``polyprune export RUN --format compressed-tensors --out DIR``: a serving-ready checkpoint."""
+"""``polyprune export RUN --out DIR``: a checkpoint other tools load (or a polyprune archive)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,15 +12,19 @@ from ..cli import app
 @app.command()
 def export(
     run: Path = typer.Argument(..., help="Run folder written by `polyprune prune`."),
-    format: str = typer.Option("compressed-tensors", "--format", help="compressed-tensors (pick by run), "
-                               "sparse-bitmask, sparse-24-bitmask, pack-quantized, int-quantized, dense."),
+    format: str = typer.Option("auto", "--format", help="auto (dense, or pack-quantized for quantised runs), "
+                               "dense (plain Hugging Face checkpoint), pack-quantized, int-quantized "
+                               "(compressed-tensors W4A16/W8A16), sparse-bitmask, sparse-24-bitmask "
+                               "(polyprune archives, not loadable by transformers/vLLM)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="Cast float tensors, e.g. bfloat16 (default: keep)."),
-    out: Path = typer.Option(..., "--out", help="Folder for the compressed checkpoint."),
+    out: Path = typer.Option(..., "--out", help="Folder for the exported checkpoint."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out."),
 ) -> None:
-    """Save a pruned and/or quantised run in the compressed-tensors format (vLLM, transformers)."""
+    """Export a pruned and/or quantised run: a checkpoint transformers and vLLM load, with a model card."""
     from ..formats import export_compressed
     rep = export_compressed(run, out, format, dtype=dtype, force=force)
-    typer.echo(f"{out}: {rep['format']}, {rep['compressed_bytes'] / 2**20:.1f} MiB on disk vs "
-               f"{rep['dense_bytes'] / 2**20:.1f} MiB dense ({rep['ratio']:.3f}×; pruned/quantised matrices "
-               f"{rep['matrix_ratio']:.3f}×)")
+    typer.echo(f"{out}: {rep['format']}, {rep['on_disk_bytes'] / 2**20:.1f} MiB of weights on disk = "
+               f"{rep['ratio_fp32']:.3f}× the dense fp32 size ({rep['dense_fp32_bytes'] / 2**20:.1f} MiB), "
+               f"{rep['ratio_bf16']:.3f}× bf16 ({rep['dense_bf16_bytes'] / 2**20:.1f} MiB)")
+    for loader, line in rep["load"].items():
+        typer.echo(f"  {loader}: {line}")
