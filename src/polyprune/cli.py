@@ -38,14 +38,38 @@ def main(argv: list[str] | None = None) -> None:
         hf_logging.set_verbosity_error()
     except ImportError:
         pass
+    _terminate_as_interrupt()
     try:
         app(args=argv)
     except UserError as e:
         sys.stderr.write(f"error: {e}\n")
         sys.exit(2)
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
+    except OSError as e:  # full disk, permissions, read-only file system, a file where a folder is meant
+        from .io import USER_ERRNOS, os_error_line
+        if e.errno not in USER_ERRNOS:
+            raise
+        sys.stderr.write(f"error: {os_error_line(e)}\n")
+        sys.exit(2)
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: staged folders are already removed
+        sys.stderr.write(f"{getattr(e, 'message', None) or 'interrupted; nothing was written'}\n")
         sys.exit(130)
+
+
+def _terminate_as_interrupt() -> None:
+    """SIGTERM unwinds like Ctrl-C, so staging folders are removed and locks released."""
+    import signal
+
+    seen = []
+
+    def handler(signum, frame):
+        if seen:  # already unwinding: a second TERM must not cut the clean-up short
+            return
+        seen.append(signum)
+        raise KeyboardInterrupt
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (embedded use): keep the default
+        pass
 
 
 def fail(message: str) -> None:
