@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> None:
             raise
         sys.stderr.write(f"error: {os_error_line(e)}\n")
         sys.exit(2)
+    except UnicodeDecodeError as e:  # a reader without its own message (the known ones name their file)
+        sys.stderr.write(f"error: an input file is not UTF-8 text ({e.reason} at byte {e.start}): convert it to UTF-8\n")
+        sys.exit(2)
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: staged folders are already removed
         sys.stderr.write(f"{getattr(e, 'message', None) or 'interrupted; nothing was written'}\n")
         sys.exit(130)

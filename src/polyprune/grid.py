@@ -635,6 +635,9 @@ def _do_cell(cell: Cell, tmp: Path, cache: ModelCache, data_dir: str | None) -> 
     """The work of one cell, written into the temp folder ``tmp``."""
     from .config import validate_config
     cfg_d = cell.config
+    if cell.kind != DENSE:
+        from .pipeline import check_positions
+        check_positions(validate_config(cfg_d, f"cell {cell.dirname}"))
     model, tok = cache.get(cfg_d["model"], cfg_d.get("dtype"), cfg_d.get("device"))
     try:
         if cell.kind != DENSE:

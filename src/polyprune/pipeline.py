@@ -77,6 +77,25 @@ def prune_with_config(model, cal: Calibration | None, cfg: RunConfig):
     return prune(model, cal, cfg.method, cfg.sparsity, cfg.pattern, activation_dtype=act, **engine_options(cfg))
 
 
+def check_positions(cfg: RunConfig) -> None:
+    """Refuse calibration windows longer than the model's positions, from ``config.json`` alone
+    (before any weight loads); models without a position limit (or unreadable configs, which the
+    loader reports) pass."""
+    if not (get_method(cfg.method).needs or cfg.allocation not in (None, "", "uniform") or cfg.keep_stats):
+        return
+    try:
+        from transformers import AutoConfig
+        from .model import resolve_model_path
+        conf = AutoConfig.from_pretrained(resolve_model_path(cfg.model))
+    except (OSError, ValueError):
+        return
+    conf = getattr(conf, "text_config", None) or conf
+    limit = getattr(conf, "max_position_embeddings", None) or getattr(conf, "n_positions", None)
+    if isinstance(limit, int) and cfg.calibration.seqlen > limit:
+        raise UserError(f"--seqlen {cfg.calibration.seqlen} exceeds the {limit} positions of {cfg.model}: "
+                        f"give --seqlen {limit} or less")
+
+
 def run_prune(cfg: RunConfig, out: str | Path, force: bool = False) -> Path:
     """Load the model, build the calibration, prune, write the run folder atomically."""
     from .model import load_model, load_tokenizer
@@ -84,11 +103,13 @@ def run_prune(cfg: RunConfig, out: str | Path, force: bool = False) -> Path:
     get_method(cfg.method)  # fail fast on bad input, before loading anything
     from .stream import run_prune_streaming, should_stream
     if should_stream(cfg.offload, cfg.max_memory, cfg.model, cfg.dtype):
+        check_positions(cfg)
         return run_prune_streaming(cfg, out, force)
     with staged_dir(out, force) as tmp:
         # calibration first: its bad input (unknown language, missing file) fails before the weights load
         tok = load_tokenizer(cfg.model)
         cal = build_run_calibration(cfg, tok)
+        check_positions(cfg)
         model, tok = load_model(cfg.model, cfg.dtype, cfg.device, tokenizer=tok)
         masks = prune_with_config(model, cal, cfg)
         write_run(tmp, cfg, masks, cal, tok, model)
