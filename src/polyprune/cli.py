@@ -54,8 +54,28 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write(f"error: an input file is not UTF-8 text ({e.reason} at byte {e.start}): convert it to UTF-8\n")
         sys.exit(2)
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: staged folders are already removed
-        sys.stderr.write(f"{getattr(e, 'message', None) or 'interrupted; nothing was written'}\n")
-        sys.exit(130)
+        _interrupted(e)
+    except SystemExit as e:  # typer turns Ctrl-C into a silent exit 130: say what was kept
+        ki = _interrupt_in(e)
+        if ki is None:
+            raise
+        _interrupted(ki)
+
+
+def _interrupt_in(e: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt behind an exception (typer chains it under its Exit(130)), if any."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _interrupted(e: KeyboardInterrupt) -> None:
+    sys.stderr.write(f"{getattr(e, 'message', None) or 'interrupted; nothing was written'}\n")
+    sys.exit(130)
 
 
 def _terminate_as_interrupt() -> None:

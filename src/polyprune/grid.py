@@ -941,6 +941,8 @@ def _run_child(cell: Cell, out: Path, data_dir: str | None, procs: set) -> dict:
                                 stderr=subprocess.STDOUT, env=env,
                                 preexec_fn=_set_pdeathsig if sys.platform.startswith("linux") else None)
         procs.add(proc)
+        if _STOP.is_set():  # interrupted while it started: the killer may have missed it
+            proc.kill()
         try:
             proc.communicate(payload.encode("utf-8"))
         finally:
