@@ -177,7 +177,11 @@ def from_text_file(path: str | Path, tokenizer, nsamples: int, seqlen: int, seed
     p = Path(path)
     if not p.is_file():
         raise UserError(f"--calibration-file {p} does not exist: give a readable text file")
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"--calibration-file {p} is not UTF-8 text (byte {e.start}): convert it, e.g. "
+                        f"iconv -t UTF-8") from None
     if not text.strip():
         raise UserError(f"--calibration-file {p} is empty: give a file with text")
     samples = window_samples(tokenizer, text, nsamples, seqlen, random.Random(seed), tuple(langs),

@@ -38,14 +38,61 @@ def main(argv: list[str] | None = None) -> None:
         hf_logging.set_verbosity_error()
     except ImportError:
         pass
+    _terminate_as_interrupt()
     try:
         app(args=argv)
     except UserError as e:
         sys.stderr.write(f"error: {e}\n")
         sys.exit(2)
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
-        sys.exit(130)
+    except OSError as e:  # full disk, permissions, read-only file system, a file where a folder is meant
+        from .io import USER_ERRNOS, os_error_line
+        if e.errno not in USER_ERRNOS:
+            raise
+        sys.stderr.write(f"error: {os_error_line(e)}\n")
+        sys.exit(2)
+    except UnicodeDecodeError as e:  # a reader without its own message (the known ones name their file)
+        sys.stderr.write(f"error: an input file is not UTF-8 text ({e.reason} at byte {e.start}): convert it to UTF-8\n")
+        sys.exit(2)
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: staged folders are already removed
+        _interrupted(e)
+    except SystemExit as e:  # typer turns Ctrl-C into a silent exit 130: say what was kept
+        ki = _interrupt_in(e)
+        if ki is None:
+            raise
+        _interrupted(ki)
+
+
+def _interrupt_in(e: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt behind an exception (typer chains it under its Exit(130)), if any."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _interrupted(e: KeyboardInterrupt) -> None:
+    sys.stderr.write(f"{getattr(e, 'message', None) or 'interrupted; nothing was written'}\n")
+    sys.exit(130)
+
+
+def _terminate_as_interrupt() -> None:
+    """SIGTERM unwinds like Ctrl-C, so staging folders are removed and locks released."""
+    import signal
+
+    seen = []
+
+    def handler(signum, frame):
+        if seen:  # already unwinding: a second TERM must not cut the clean-up short
+            return
+        seen.append(signum)
+        raise KeyboardInterrupt
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (embedded use): keep the default
+        pass
 
 
 def fail(message: str) -> None:

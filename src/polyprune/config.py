@@ -1,15 +1,30 @@
 """Run configuration (pydantic): everything needed to redo a run."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, field_validator
 
 from .errors import UserError
 
 
 class Strict(BaseModel):
+    """Unknown keys refused; scalars not coerced (``seeds: [true]`` is not seed 1, ``"8"`` not 8)."""
     model_config = ConfigDict(extra="forbid")
+
+
+Int = StrictInt
+Bool = StrictBool
+
+
+def _number(v: Any) -> Any:
+    """A float field accepts ints (YAML ``1``) but never a bool or a string."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"must be a number, got {v!r}")
+    return float(v)
+
+
+Number = Annotated[float, BeforeValidator(_number)]
 
 
 class CalibrationConfig(Strict):
@@ -19,9 +34,9 @@ class CalibrationConfig(Strict):
     file: str | None = None
     langs: list[str] = Field(default_factory=list)
     target_lang: str | None = None
-    nsamples: int = 32
-    seqlen: int = 512
-    k: int | None = None
+    nsamples: Int = 32
+    seqlen: Int = 512
+    k: Int | None = None
     contrast: str | None = None  # contrast set recipe, e.g. "code"
     contrast_lang: str | None = None
     data_dir: str | None = None
@@ -40,21 +55,21 @@ class RunConfig(Strict):
     dtype: str | None = None
     device: str | None = None
     method: str = "wanda"
-    sparsity: float = 0.5
+    sparsity: Number = 0.5
     pattern: str = "unstructured"
-    seed: int = 0
-    sequential: bool = True
-    count_pads: bool = False
-    keep_dense_layers: list[int] = Field(default_factory=list)
+    seed: Int = 0
+    sequential: Bool = True
+    count_pads: Bool = False
+    keep_dense_layers: list[Int] = Field(default_factory=list)
     allocation: str | None = None
     allocation_options: dict[str, Any] = Field(default_factory=dict)
     refine: str | None = None  # mask refinement after the method, e.g. "dsnot"
     refine_options: dict[str, Any] = Field(default_factory=dict)
     method_options: dict[str, Any] = Field(default_factory=dict)
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
-    keep_stats: bool | list[str] = False
-    save_model: bool = False
-    offload: bool = False  # stream decoder layers from the safetensors checkpoint (polyprune.stream)
+    keep_stats: Bool | list[str] = False
+    save_model: Bool = False
+    offload: Bool = False  # stream decoder layers from the safetensors checkpoint (polyprune.stream)
     max_memory: str | None = None  # stream when the model would not fit, e.g. "4GB"
     activation_dtype: str | None = None  # storage dtype of hidden states between layers, e.g. bfloat16
     activation_device: str | None = None  # where hidden states wait between layers: auto (None), cpu, cuda

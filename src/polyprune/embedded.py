@@ -160,32 +160,20 @@ def _remove_stale(root: Path, target: Path, leftovers: bool) -> None:
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[bool]:
-    """Exclusive advisory lock on ``path``; yields whether a real lock is held.
+    """Exclusive lock on ``path`` (``filelock``), waiting for another converting process; yields
+    True once held. The lock is ``flock``-based where available, so a killed converter never blocks."""
+    from filelock import FileLock, Timeout
 
-    Without ``fcntl`` (Windows) nothing is locked: concurrent conversions then race, and the
-    atomic rename lets the first finisher win while the others discard their copy.
-    """
+    lock = FileLock(str(path), thread_local=False)
     try:
-        import fcntl
-    except ImportError:  # pragma: no cover - non-POSIX
-        yield False
-        return
-    with open(path, "a+b") as handle:
-        if not _try_lock(fcntl, handle):
-            logger.info("embedded model: waiting for another process converting it (lock %s)", path)
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-def _try_lock(fcntl: Any, handle: Any) -> bool:
+        lock.acquire(timeout=0)
+    except Timeout:
+        logger.info("embedded model: waiting for another process converting it (lock %s)", path)
+        lock.acquire()
     try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except OSError:
-        return False
+        yield True
+    finally:
+        lock.release()
 
 
 def _check_free_space(root: Path) -> None:

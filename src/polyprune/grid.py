@@ -51,9 +51,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 
-from .errors import UserError
+from . import io as _io
+from .errors import Interrupted, UserError
 from .run import swap_in, write_json
 
 log = logging.getLogger(__name__)
@@ -75,24 +76,24 @@ class _Strict(BaseModel):
 
 
 class EvalSpec(_Strict):
-    task: str
-    name: str | None = None  # result file results/<name>.json (default: the task)
-    langs: list[str] = Field(default_factory=list)
-    limit: int | None = None
+    task: StrictStr
+    name: StrictStr | None = None  # result file results/<name>.json (default: the task)
+    langs: list[StrictStr] = Field(default_factory=list)
+    limit: StrictInt | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     cells: Literal["all", "dense", "pruned"] = "all"
 
 
 class AnalysisSpec(_Strict):
-    what: str  # a single-run analysis of ``polyprune analyze`` (e.g. snr), run on every pruned cell
-    langs: list[str] = Field(default_factory=list)
+    what: StrictStr  # a single-run analysis of ``polyprune analyze`` (e.g. snr), run on every pruned cell
+    langs: list[StrictStr] = Field(default_factory=list)
     options: dict[str, Any] = Field(default_factory=dict)  # polyprune.analysis.Options fields
 
 
 class Resources(_Strict):
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
-    memory_gb: float | None = None
+    num_cpus: StrictFloat | StrictInt = 1.0
+    num_gpus: StrictFloat | StrictInt = 0.0
+    memory_gb: StrictFloat | StrictInt | None = None
 
 
 class Axes(_Strict):
@@ -100,17 +101,17 @@ class Axes(_Strict):
     methods: list[str | dict] = Field(default_factory=lambda: ["wanda"])
     sparsities: list[float | str | dict] = Field(default_factory=lambda: [0.5])
     calibrations: list[str | dict | None] = Field(default_factory=lambda: [None])
-    seeds: list[int] = Field(default_factory=lambda: [0])
+    seeds: list[StrictInt] = Field(default_factory=lambda: [0])
 
 
 class GridSpec(_Strict):
-    name: str | None = None
+    name: StrictStr | None = None  # the runs go to runs/<name> without --out
     description: str = ""
     defaults: dict[str, Any] = Field(default_factory=dict)
     axes: Axes
     evaluations: list[EvalSpec] = Field(default_factory=list)
     analyses: list[AnalysisSpec] = Field(default_factory=list)
-    dense: bool = True
+    dense: StrictBool = True
     exclude: list[dict[str, Any]] = Field(default_factory=list)
     resources: Resources = Field(default_factory=Resources)
     data_dir: str | None = None
@@ -263,7 +264,8 @@ def _axis_values(axis: str, values: list) -> list[tuple[str, dict]]:
             if isinstance(v, bool) or not isinstance(v, int):
                 raise UserError(f"{where}: a seed is an integer, got {v!r}")
             over, name = {"seed": int(v)}, str(v)
-        out.append((str(name), over))
+        # a label becomes part of the cell's folder name: contained like every other name
+        out.append((_io.check_name(str(name), f"{where} name"), over))
     labels = [n for n, _ in out]
     dup = sorted({n for n in labels if labels.count(n) > 1})
     if dup:
@@ -303,6 +305,8 @@ def load_grid(path: str | Path) -> Grid:
         raise UserError(f"grid file {p} does not exist: give a YAML grid (see recipes/)")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise UserError(f"{p} is not UTF-8 text (byte {e.start}): save the grid as UTF-8") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -322,6 +326,8 @@ def grid_from_dict(data: dict, where: str = "grid", data_dir: str | None = None,
         spec = GridSpec.model_validate(data)
     except ValidationError as e:
         raise _spec_error(e, where) from None
+    if spec.name is not None:
+        _io.check_name(spec.name, f"{where}: grid name")
     cells = expand(spec, where, data_dir=data_dir, check_registries=check_registries)
     return Grid(spec, cells, where)
 
@@ -341,7 +347,8 @@ def expand(spec: GridSpec, where: str = "grid", data_dir: str | None = None,
             validate_config(deep_merge(spec.defaults, over), f"{where}: axes.{a}[{i}]")
     validate_config(spec.defaults, f"{where}: defaults")
     _check_excludes(spec.exclude, axis_vals, where)
-    names = [_eval_name(e) for e in spec.evaluations]
+    names = [_io.check_name(_eval_name(e), f"{where}: evaluations[{i}].name")
+             for i, e in enumerate(spec.evaluations)]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise UserError(f"{where}: two evaluations are named {dup[0]!r}: give each a distinct 'name'")
@@ -519,28 +526,74 @@ def _excluded(labels: dict[str, str], rules: list[dict]) -> bool:
 
 
 # ----------------------------------------------------------------------------------- run folders
+_VERIFIED: dict[str, tuple] = {}  # folder → (stat signature of its listed files, verdict)
+
+
 def is_done(folder: Path) -> bool:
-    return (Path(folder) / "DONE").is_file()
+    """Finished: ``DONE`` is there and its manifest (names, sizes, sha256) matches the disk.
+
+    A mismatch (a truncated or edited artifact) logs one warning and counts as unfinished, so the
+    cell is redone. A ``DONE`` without a manifest was written before manifests existed and is
+    trusted as it is. Verdicts are remembered while the files' sizes and mtimes stay the same."""
+    folder = Path(folder)
+    done = folder / "DONE"
+    try:
+        info = json.loads(done.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        log.warning("cell %s: DONE is unreadable; the cell will be redone", folder.name)
+        return False
+    files = info.get("files") if isinstance(info, dict) else None
+    if not isinstance(files, dict):
+        return True
+    sig = []
+    for rel in sorted(files):
+        try:
+            st = (folder / rel).stat()
+            sig.append((rel, st.st_size, st.st_mtime_ns))
+        except OSError:
+            sig.append((rel, None, None))
+    key = str(folder.resolve())
+    cached = _VERIFIED.get(key)
+    if cached is not None and cached[0] == tuple(sig):
+        return cached[1]
+    why = _io.manifest_mismatch(folder, files)
+    if why:
+        log.warning("cell %s is damaged (%s): it will be redone", folder.name, why)
+    _VERIFIED[key] = (tuple(sig), why is None)
+    return why is None
 
 
 def clean_stale(folder: Path) -> None:
-    """Remove leftovers of an interrupted attempt at ``folder`` (temp and swapped-out folders)."""
-    folder = Path(folder)
-    if not folder.parent.is_dir():
-        return
-    for p in folder.parent.glob(f".{folder.name}.*"):
-        if p.is_dir() and (".tmp-" in p.name or ".old-" in p.name):
-            shutil.rmtree(p, ignore_errors=True)
+    """Remove leftovers of an interrupted attempt at ``folder`` (temp and swapped-out folders).
+    Call it only while owning the cell (see ``execute_cell``): others' temp folders are not stale."""
+    from .run import remove_leftovers
+    remove_leftovers(folder)
+
+
+def _record(cell: Cell, out: Path, name: str, data: dict) -> None:
+    """Replace the cell's folder by ``cell.json`` + ``name`` (no DONE: the cell is redone)."""
+    folder = Path(out) / cell.dirname
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=str(out)))
+    try:
+        write_json(tmp / "cell.json", cell.to_json())
+        write_json(tmp / name, {**data, "host": socket.gethostname(), "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        swap_in(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def record_failure(cell: Cell, out: Path, error: str, tb: str = "") -> None:
     """Leave ``cell.json`` + ``error.json`` (no DONE) in the cell's folder."""
-    folder = Path(out) / cell.dirname
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=str(out)))
-    write_json(tmp / "cell.json", cell.to_json())
-    write_json(tmp / "error.json", {"error": error, "traceback": tb, "host": socket.gethostname(),
-                                     "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    swap_in(tmp, folder)
+    _record(cell, out, "error.json", {"error": error, "traceback": tb})
+
+
+def record_interrupted(cell: Cell, out: Path) -> None:
+    """Leave ``cell.json`` + ``interrupted.json`` (no DONE): not a failure, redone on the next run."""
+    with contextlib.suppress(OSError):
+        _record(cell, out, "interrupted.json", {"interrupted": True})
 
 
 class ModelCache:
@@ -582,6 +635,9 @@ def _do_cell(cell: Cell, tmp: Path, cache: ModelCache, data_dir: str | None) -> 
     """The work of one cell, written into the temp folder ``tmp``."""
     from .config import validate_config
     cfg_d = cell.config
+    if cell.kind != DENSE:
+        from .pipeline import check_positions
+        check_positions(validate_config(cfg_d, f"cell {cell.dirname}"))
     model, tok = cache.get(cfg_d["model"], cfg_d.get("dtype"), cfg_d.get("device"))
     try:
         if cell.kind != DENSE:
@@ -595,7 +651,7 @@ def _do_cell(cell: Cell, tmp: Path, cache: ModelCache, data_dir: str | None) -> 
             write_run(tmp, cfg, masks, cal, tok, model)
         for ev in cell.evaluations:
             res = _evaluate(model, tok, ev, data_dir)
-            write_json(tmp / "results" / f"{ev['name']}.json", res)
+            write_json(_io.child(tmp / "results", ev["name"], "evaluation name", ".json"), res)
     finally:
         cache.restore()
     if cell.kind != DENSE:
@@ -605,15 +661,29 @@ def _do_cell(cell: Cell, tmp: Path, cache: ModelCache, data_dir: str | None) -> 
 
 
 def execute_cell(cell: Cell, out: str | Path, cache: ModelCache | None = None,
-                 data_dir: str | None = None) -> dict:
-    """Run one cell into ``out/<cell.dirname>`` (atomically). Returns ``{"status", "seconds", "error"}``;
-    errors are recorded in the folder, never raised (except KeyboardInterrupt)."""
+                 data_dir: str | None = None, claim: bool = True) -> dict:
+    """Run one cell into ``out/<cell.dirname>`` (atomically). Returns ``{"status", "seconds", "error"}``
+    with status done, skipped (finished before), busy (another process owns the cell) or failed;
+    errors are recorded in the folder, never raised (except KeyboardInterrupt, after marking the
+    cell interrupted). ``claim``: take the cell's lock here (False when the caller holds it)."""
     out = Path(out)
     folder = out / cell.dirname
     if is_done(folder):
         return {"status": "skipped", "seconds": 0.0, "error": None}
+    lock = _io.try_own(folder) if claim else None
+    if claim and lock is None:
+        return {"status": "busy", "seconds": 0.0, "error": None}
+    try:
+        if claim and is_done(folder):  # finished by its owner while we looked
+            return {"status": "skipped", "seconds": 0.0, "error": None}
+        return _execute_owned(cell, out, folder, cache or ModelCache(), data_dir)
+    finally:
+        if lock is not None:
+            _io.release(lock, folder)
+
+
+def _execute_owned(cell: Cell, out: Path, folder: Path, cache: ModelCache, data_dir: str | None) -> dict:
     clean_stale(folder)
-    cache = cache or ModelCache()
     t0 = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=str(out)))
     try:
@@ -621,10 +691,15 @@ def execute_cell(cell: Cell, out: str | Path, cache: ModelCache | None = None,
         _do_cell(cell, tmp, cache, data_dir)
         secs = time.perf_counter() - t0
         write_json(tmp / "DONE", {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": secs,
-                                   "host": socket.gethostname(), "pid": os.getpid()})
+                                   "host": socket.gethostname(), "pid": os.getpid(),
+                                   "files": _io.manifest(tmp, skip=("DONE",))})
         swap_in(tmp, folder)
         return {"status": "done", "seconds": secs, "error": None}
-    except (KeyboardInterrupt, SystemExit):
+    except KeyboardInterrupt:
+        shutil.rmtree(tmp, ignore_errors=True)
+        record_interrupted(cell, out)
+        raise
+    except SystemExit:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     except BaseException as e:  # noqa: BLE001  (a failed cell must not stop the grid)
@@ -639,6 +714,8 @@ def cell_status(out: Path, cell: Cell) -> dict:
     folder = Path(out) / cell.dirname
     if is_done(folder):
         return {"status": "done", "error": None}
+    if (folder / "interrupted.json").is_file():
+        return {"status": "interrupted", "error": None}
     err = folder / "error.json"
     if err.is_file():
         try:
@@ -750,6 +827,7 @@ class GridSummary:
     done: int
     failed: list[tuple[str, str]]
     seconds: float
+    busy: int = 0  # cells owned by another process running this grid at the same time
 
     @property
     def ok(self) -> bool:
@@ -795,22 +873,34 @@ def run_grid(grid: Grid, out: str | Path, *, workers: int = 1, ray: str | None =
     pending = [c for c in grid.cells if not is_done(out / c.dirname)]
     skipped = len(grid.cells) - len(pending)
     nworkers = 1 if in_process else workers
-    with Display(grid.name, len(grid.cells), skipped, nworkers, show) as disp:
-        if ray:
-            results = _run_ray(pending, out, data_dir, ray, grid.spec.resources, disp)
-        elif in_process:
-            cache = ModelCache()
-            results = {}
-            for c in pending:
-                disp.start(c)
-                results[c.id] = execute_cell(c, out, cache, data_dir)
-                disp.finish(c, results[c.id])
-        else:
-            results = _run_pool(pending, out, data_dir, workers, disp)
+    results: dict[str, dict] = {}
+    try:
+        with Display(grid.name, len(grid.cells), skipped, nworkers, show) as disp:
+            if ray:
+                results = _run_ray(pending, out, data_dir, ray, grid.spec.resources, disp)
+            elif in_process:
+                cache = ModelCache()
+                for c in pending:
+                    disp.start(c)
+                    results[c.id] = execute_cell(c, out, cache, data_dir)
+                    disp.finish(c, results[c.id])
+            else:
+                results = _run_pool(pending, out, data_dir, workers, disp)
+    except KeyboardInterrupt:
+        finished = [c.dirname for c in pending if is_done(out / c.dirname)]
+        if finished:
+            raise Interrupted(f"interrupted; {len(finished)} cell(s) finished and kept in {out} "
+                              f"({', '.join(finished)}); rerun to do the rest") from None
+        raise Interrupted(f"interrupted; no cell finished in this run ({skipped} finished before); "
+                          f"rerun to resume") from None
     failed = [(c.dirname, results[c.id]["error"] or "failed") for c in pending
               if results.get(c.id, {}).get("status") == "failed"]
     done = sum(1 for c in pending if results.get(c.id, {}).get("status") == "done")
-    return GridSummary(out, len(grid.cells), skipped, done, failed, time.perf_counter() - t0)
+    busy = sum(1 for c in pending if results.get(c.id, {}).get("status") == "busy")
+    if busy:
+        log.warning("%d cell(s) were being computed by another polyprune process on %s; rerun afterwards to "
+                    "pick up any it did not finish", busy, out)
+    return GridSummary(out, len(grid.cells), skipped, done, failed, time.perf_counter() - t0, busy)
 
 
 def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child
@@ -820,7 +910,27 @@ def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
 
 
+_STOP = threading.Event()  # set when the grid is interrupted: children killed then are not failures
+
+
 def _run_subprocess(cell: Cell, out: Path, data_dir: str | None, procs: set) -> dict:
+    """One cell in a child process; this process owns the cell's lock meanwhile (a killed child
+    cannot leave a lock behind, and the child dies with us)."""
+    folder = out / cell.dirname
+    lock = _io.try_own(folder)
+    if lock is None:
+        return {"status": "busy", "seconds": 0.0, "error": None}
+    try:
+        if is_done(folder):
+            return {"status": "skipped", "seconds": 0.0, "error": None}
+        return _run_child(cell, out, data_dir, procs)
+    finally:
+        _io.release(lock, folder)
+
+
+def _run_child(cell: Cell, out: Path, data_dir: str | None, procs: set) -> dict:
+    if _STOP.is_set():
+        return {"status": "interrupted", "seconds": 0.0, "error": None}
     logs = out / "logs"
     logs.mkdir(exist_ok=True)
     payload = json.dumps({"cell": cell.to_json(), "out": str(out), "data_dir": data_dir})
@@ -831,6 +941,8 @@ def _run_subprocess(cell: Cell, out: Path, data_dir: str | None, procs: set) -> 
                                 stderr=subprocess.STDOUT, env=env,
                                 preexec_fn=_set_pdeathsig if sys.platform.startswith("linux") else None)
         procs.add(proc)
+        if _STOP.is_set():  # interrupted while it started: the killer may have missed it
+            proc.kill()
         try:
             proc.communicate(payload.encode("utf-8"))
         finally:
@@ -839,6 +951,10 @@ def _run_subprocess(cell: Cell, out: Path, data_dir: str | None, procs: set) -> 
     st = cell_status(out, cell)
     if st["status"] == "done":
         return {"status": "done", "seconds": secs, "error": None}
+    if _STOP.is_set() or proc.returncode == 130:  # the grid (or the child) was interrupted
+        clean_stale(out / cell.dirname)
+        record_interrupted(cell, out)
+        return {"status": "interrupted", "seconds": secs, "error": None}
     if proc.returncode != 1 or st["status"] != "failed":
         rc = proc.returncode
         why = f"killed by signal {-rc}" if rc < 0 else f"exited with code {rc}"
@@ -867,7 +983,9 @@ def _run_pool(cells: list[Cell], out: Path, data_dir, workers: int, disp: Displa
         results[c.id] = res
         disp.finish(c, res)
 
+    _STOP.clear()
     pool = ThreadPoolExecutor(max_workers=workers)
+    futures: list = []
     try:
         futures = [pool.submit(job, c) for c in cells]
         for f in futures:
@@ -875,6 +993,7 @@ def _run_pool(cells: list[Cell], out: Path, data_dir, workers: int, disp: Displa
                 time.sleep(0.2)
             f.result()
     except KeyboardInterrupt:
+        _STOP.set()
         for f in futures:
             f.cancel()
         for p in list(procs):
@@ -939,8 +1058,17 @@ def _run_ray(cells: list[Cell], out: Path, data_dir, address: str, res: Resource
 def _child_main() -> int:  # pragma: no cover - exercised through subprocesses
     """``python -m polyprune.grid``: run the cell described on stdin (exit 0 done, 1 failed)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    def on_term(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, on_term)
     payload = json.loads(sys.stdin.read())
-    res = execute_cell(Cell.from_json(payload["cell"]), payload["out"], None, payload.get("data_dir"))
+    try:  # the parent process owns the cell's lock
+        res = execute_cell(Cell.from_json(payload["cell"]), payload["out"], None, payload.get("data_dir"),
+                           claim=False)
+    except KeyboardInterrupt:
+        return 130
     return 0 if res["status"] in ("done", "skipped") else 1
 
 

@@ -94,6 +94,25 @@ def place_for_config(model, cal: Calibration | None, cfg: RunConfig, device) -> 
     return {"layer_io": io, "activation_device": act_dev}
 
 
+def check_positions(cfg: RunConfig) -> None:
+    """Refuse calibration windows longer than the model's positions, from ``config.json`` alone
+    (before any weight loads); models without a position limit (or unreadable configs, which the
+    loader reports) pass."""
+    if not (get_method(cfg.method).needs or cfg.allocation not in (None, "", "uniform") or cfg.keep_stats):
+        return
+    try:
+        from transformers import AutoConfig
+        from .model import resolve_model_path
+        conf = AutoConfig.from_pretrained(resolve_model_path(cfg.model))
+    except (OSError, ValueError):
+        return
+    conf = getattr(conf, "text_config", None) or conf
+    limit = getattr(conf, "max_position_embeddings", None) or getattr(conf, "n_positions", None)
+    if isinstance(limit, int) and cfg.calibration.seqlen > limit:
+        raise UserError(f"--seqlen {cfg.calibration.seqlen} exceeds the {limit} positions of {cfg.model}: "
+                        f"give --seqlen {limit} or less")
+
+
 def run_prune(cfg: RunConfig, out: str | Path, force: bool = False) -> Path:
     """Load the model, build the calibration, prune, write the run folder atomically."""
     import torch
@@ -103,6 +122,7 @@ def run_prune(cfg: RunConfig, out: str | Path, force: bool = False) -> Path:
     from .onload import check_device, check_dtype
     out = Path(out)
     get_method(cfg.method)  # fail fast on bad input, before loading anything
+    check_positions(cfg)
     from .stream import run_prune_streaming, should_stream
     if should_stream(cfg.offload, cfg.max_memory, cfg.model, cfg.dtype):
         return run_prune_streaming(cfg, out, force)

@@ -138,6 +138,10 @@ def prune(model: nn.Module, calibration: Any = None, method: str = "wanda", spar
     def on_layer(i: int, layer: nn.Module, stats) -> None:
         if i in keep:
             return
+        for mname, mod in prunable_modules(layer).items():  # first: a NaN weight also poisons statistics
+            if not torch.isfinite(mod.weight).all():
+                raise UserError(f"non-finite weights (NaN or inf) in {path}.{i}.{mname}.weight: the checkpoint "
+                                f"is damaged; re-download or re-convert the model")
         for mname, mod in prunable_modules(layer).items():
             full = f"{path}.{i}.{mname}.weight"
             # the method runs where the weight is (the GPU when the layer is there); only masks, kept

@@ -7,7 +7,7 @@ matrix under which an N:M mask holds, e.g. RIA's channel permutation) · ``model
 """
 from __future__ import annotations
 
-import json
+import glob
 import logging
 import os
 import platform
@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import yaml
 
+from . import io as _io
 from .config import RunConfig, validate_config
 from .errors import UserError
 from .masks import apply_masks, load_masks, save_masks
@@ -40,13 +41,8 @@ def versions() -> dict[str, str]:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Atomic JSON write."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, ensure_ascii=False, default=_json_default)
-        f.write("\n")
-    os.replace(tmp, path)
+    """Atomic JSON write (see ``polyprune.io.atomic_write``)."""
+    _io.write_json(path, data, default=_json_default)
 
 
 def _json_default(o):
@@ -59,18 +55,39 @@ def _json_default(o):
 
 @contextmanager
 def staged_dir(out: Path, force: bool = False):
-    """Yield a temp folder beside ``out``; on success it replaces ``out``, on error it is removed."""
+    """Yield a temp folder beside ``out``; on success it replaces ``out``, on error it is removed.
+
+    ``out`` is owned exclusively meanwhile: a second writer of the same folder is refused at once,
+    and leftovers of a killed earlier writer (its temp folders) are removed."""
     out = Path(out)
-    if out.exists() and not force:
-        raise UserError(f"output folder {out} already exists: choose another --out or pass --force")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=str(out.parent)))
     try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    swap_in(tmp, out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot create {out.parent} ({e.strerror}): choose another --out") from None
+    with _io.owned(out):
+        if out.exists() and not force:
+            raise UserError(f"output folder {out} already exists: choose another --out or pass --force")
+        remove_leftovers(out)
+        try:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=str(out.parent)))
+        except OSError as e:
+            raise UserError(f"--out {out}: cannot write in {out.parent} ({e.strerror}): choose another --out") from None
+        try:
+            yield tmp
+            swap_in(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def remove_leftovers(folder: Path) -> None:
+    """Remove temp and swapped-out folders of an interrupted writer of ``folder`` (call it as the owner)."""
+    folder = Path(folder)
+    if not folder.parent.is_dir():
+        return
+    for p in folder.parent.glob(f".{glob.escape(folder.name)}.*"):
+        if p.is_dir() and (p.name.startswith(f".{folder.name}.tmp-") or p.name.startswith(f".{folder.name}.old-")):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def swap_in(tmp: Path, folder: Path) -> None:
@@ -193,7 +210,17 @@ def is_run(path: str | Path) -> bool:
 
 def read_config(path: str | Path) -> RunConfig:
     p = Path(path)
-    data = yaml.safe_load((p / "config.yaml").read_text(encoding="utf-8")) or {}
+    f = p / "config.yaml"
+    try:
+        data = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise UserError(f"{f} is not UTF-8 text (byte {e.start}): restore it or re-run the prune") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"{f} is not valid YAML{at}: restore it or re-run the prune") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{f} is not a run configuration (a mapping): restore it or re-run the prune")
     data.pop("versions", None)
     return validate_config(data, f"{p}/config.yaml")
 

@@ -10,8 +10,9 @@ from ..cli import app
 
 
 def default_out(grid_path: Path, name: str) -> Path:
-    """Where a grid's runs go when --out is not given: ``runs/<grid name>``."""
-    return Path("runs") / name
+    """Where a grid's runs go when --out is not given: ``runs/<grid name>`` (the name stays a plain name)."""
+    from ..io import child
+    return child(Path("runs"), name, f"{grid_path}: grid name")
 
 
 @app.command("run")

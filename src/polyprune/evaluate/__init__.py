@@ -231,7 +231,8 @@ def run_eval(target: str | Path, task: str, langs: Sequence[str] | None = None, 
     model.polyprune_target = str(target)
     res = evaluate(model, tok, task, langs, data_dir, limit, seed, batch_size, **options)
     folder = Path(out) if out is not None else Path(run_dir) / "results"
-    path = folder / f"{res['task']}.json"
+    from ..io import child
+    path = child(folder, res["task"], "result name", ".json")
     write_json(path, res)
     return path
 

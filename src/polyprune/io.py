@@ -1,0 +1,226 @@
+"""File-system plumbing every writer shares: contained names, atomic writes, exclusive ownership,
+and OS errors turned into one line.
+
+* ``check_name`` / ``child``: the one place that turns a user-supplied name (recipe, grid,
+  evaluation or analysis name, cell label, language, output name) into a path. A name that
+  could leave its folder is refused up front, naming the field.
+* ``atomic_write`` / ``write_json``: a temp file beside the target, renamed over it; on any
+  error the temp file is removed, so a full disk leaves nothing behind.
+* ``owned``: an exclusive, non-blocking ``filelock`` lock on a folder being written. The lock is
+  ``flock``-based, so the OS drops it when its process dies (a killed writer never blocks the
+  next one); the owner's pid sits in a side file only for the error message.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import UserError
+
+MAX_NAME = 120  # characters; file systems allow 255 bytes and we add prefixes and suffixes
+
+# errors that are the user's environment (disk, permissions, paths), not a polyprune bug
+USER_ERRNOS = {errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR,
+               errno.EDQUOT, errno.ENAMETOOLONG, errno.EEXIST, errno.ENOENT, errno.EFBIG, errno.ELOOP}
+_FIX = {errno.ENOSPC: "free disk space or choose another --out", errno.EDQUOT: "free disk space or choose another --out",
+        errno.EFBIG: "choose another --out",
+        errno.EACCES: "check the permissions or choose another --out",
+        errno.EPERM: "check the permissions or choose another --out",
+        errno.EROFS: "the file system is read-only: choose another --out",
+        errno.ENOTDIR: "a parent of the path is a file, not a folder: choose another path",
+        errno.EISDIR: "the path is a folder: give a file", errno.ENAMETOOLONG: "choose a shorter name",
+        errno.ENOENT: "check the path", errno.EEXIST: "choose another path", errno.ELOOP: "check the path"}
+
+
+def check_name(value: Any, field: str) -> str:
+    """``value`` as a plain file-name component, or a UserError naming ``field``."""
+    if not isinstance(value, str) or not value:
+        raise UserError(f"{field}: {value!r} is not a name: give a non-empty plain name such as run-1")
+    why = None
+    if "\x00" in value:
+        why = "contains a NUL character"
+    elif "/" in value or "\\" in value or os.sep in value or (os.altsep and os.altsep in value):
+        why = "contains a path separator"
+    elif value in (".", "..") or value.strip(". ") == "":
+        why = "is not a file name"
+    elif len(value) > MAX_NAME:
+        why = f"is {len(value)} characters long (at most {MAX_NAME})"
+    if why:
+        raise UserError(f"{field} {value!r} {why}: give a plain name (letters, digits, '-', '_', '.')")
+    return value
+
+
+def child(base: str | Path, name: Any, field: str, suffix: str = "") -> Path:
+    """``base/<name><suffix>``, refusing a name that would leave ``base``."""
+    return Path(base) / (check_name(name, field) + suffix)
+
+
+def within(base: str | Path, path: str | Path) -> bool:
+    """Whether ``path`` lies inside ``base`` (both resolved, symlinks followed)."""
+    try:
+        Path(path).resolve().relative_to(Path(base).resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def with_path(e: OSError, path: str | Path) -> OSError:
+    """The same OS error, naming ``path`` when the OS did not (a failed ``write`` names nothing)."""
+    if e.filename is None and e.errno is not None:
+        new = type(e)(e.errno, e.strerror or os.strerror(e.errno), str(path))
+        return new
+    return e
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for an OS error: what, where, and how to fix it."""
+    code = e.errno
+    cause = e.strerror or (os.strerror(code) if code else str(e))
+    where = f" {e.filename}" if e.filename else ""
+    if getattr(e, "filename2", None):
+        where += f" → {e.filename2}"
+    fix = _FIX.get(code, "check the path")
+    return f"cannot write or read{where}: {cause}; {fix}"
+
+
+def atomic_write(path: str | Path, data: bytes | str) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same folder and a rename."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    except OSError as e:
+        raise with_path(e, path.parent) from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise with_path(e, path) from None
+        raise
+
+
+def write_json(path: str | Path, data: Any, default=str) -> None:
+    """Atomic JSON write (indented, UTF-8, a trailing newline)."""
+    text = json.dumps(data, indent=2, ensure_ascii=False, default=default) + "\n"
+    atomic_write(path, text)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def manifest(folder: str | Path, skip: tuple[str, ...] = ()) -> dict[str, dict]:
+    """``{relative path: {size, sha256}}`` of every file under ``folder`` (sorted, ``skip`` left out)."""
+    folder = Path(folder)
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder).as_posix()
+        if p.is_file() and rel not in skip:
+            out[rel] = {"size": p.stat().st_size, "sha256": sha256_file(p)}
+    return out
+
+
+def manifest_mismatch(folder: str | Path, files: dict[str, dict]) -> str | None:
+    """Why the files listed in ``files`` differ from the disk (missing, size, hash), or None."""
+    folder = Path(folder)
+    for rel, want in sorted(files.items()):
+        p = folder / rel
+        try:
+            size = p.stat().st_size
+        except OSError:
+            return f"{rel} is missing"
+        if size != want.get("size"):
+            return f"{rel} has {size} bytes, the manifest says {want.get('size')}"
+        try:
+            digest = sha256_file(p)
+        except OSError as e:
+            return f"{rel} is unreadable ({e.strerror})"
+        if digest != want.get("sha256"):
+            return f"{rel} does not match its sha256"
+    return None
+
+
+# ------------------------------------------------------------------------------------ ownership
+class Busy(UserError):
+    """Another live process holds the lock."""
+
+
+def lock_path(target: str | Path) -> Path:
+    target = Path(target)
+    return target.with_name(f".{target.name}.lock")
+
+
+def _pid_path(lock: Path) -> Path:
+    return lock.with_name(lock.name + ".pid")
+
+
+def _holder(lock: Path) -> str:
+    try:
+        return _pid_path(lock).read_text(encoding="utf-8").strip() or "?"
+    except OSError:
+        return "?"
+
+
+def try_own(target: str | Path):
+    """Take the lock of ``target`` without waiting: the lock object, or None when a live process holds it."""
+    from filelock import FileLock, Timeout
+    lock = lock_path(target)
+    for _ in range(5):  # a finishing owner may unlink the lock file between our open and flock
+        fl = FileLock(str(lock), timeout=0, thread_local=False)
+        try:
+            fl.acquire()
+        except Timeout:
+            return None
+        except OSError as e:
+            raise with_path(e, lock) from None
+        try:
+            same = os.path.samestat(os.stat(lock), os.fstat(fl._context.lock_file_fd))
+        except (OSError, AttributeError, TypeError):
+            same = lock.exists()
+        if same:
+            try:
+                atomic_write(_pid_path(lock), f"{os.getpid()}\n")
+            except BaseException:
+                fl.release()
+                raise
+            return fl
+        fl.release()
+    return None
+
+
+def release(fl, target: str | Path) -> None:
+    """Release an ownership lock and remove its files (unlinked while still held)."""
+    lock = lock_path(target)
+    with contextlib.suppress(OSError):
+        _pid_path(lock).unlink()
+    with contextlib.suppress(OSError):
+        lock.unlink()
+    fl.release()
+
+
+@contextlib.contextmanager
+def owned(target: str | Path, what: str = "--out") -> Iterator[None]:
+    """Hold ``target`` exclusively for the block; a second writer gets a UserError at once."""
+    target = Path(target)
+    fl = try_own(target)
+    if fl is None:
+        raise Busy(f"{target} is being written by another polyprune process (pid {_holder(lock_path(target))}); "
+                   f"wait or choose another {what}")
+    try:
+        yield
+    finally:
+        release(fl, target)
