@@ -60,7 +60,7 @@ def setup_logging(verbose: bool = False) -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"))
     logging.basicConfig(level=level, handlers=[handler], force=True)
-    for noisy in ("httpx", "httpcore", "urllib3", "filelock", "datasets", "huggingface_hub", "fsspec"):
+    for noisy in ("httpx", "httpcore", "urllib3", "filelock", "datasets", "huggingface_hub", "fsspec", "lm_eval"):
         logging.getLogger(noisy).setLevel(logging.WARNING if verbose else logging.ERROR)
 
 

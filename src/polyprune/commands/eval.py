@@ -30,6 +30,8 @@ def eval_cmd(
     device: Optional[str] = typer.Option(None, help="cpu, cuda … (default: auto)."),
 ) -> None:
     """Evaluate per language; writes results/<task>.json (metrics, per-example scores, settings, versions)."""
+    from ..data import require_task_data
+    require_task_data(task, data_dir)  # before the heavy imports: offline failures in a second or two
     from ..evaluate import run_eval
     opts = parse_options(option or [])
     if lm_eval_task:

@@ -69,7 +69,6 @@ def prune(
 ) -> None:
     """Prune a model layer by layer and write a run folder."""
     from ..config import validate_config
-    from ..pipeline import run_prune
     cfg = validate_config({
         "model": model, "dtype": dtype, "device": device, "method": method, "sparsity": sparsity,
         "pattern": pattern, "seed": seed, "sequential": not non_sequential, "count_pads": count_pads,
@@ -85,6 +84,7 @@ def prune(
                         "data_dir": str(data_dir) if data_dir else None},
     }, "prune")
     _validate_early(cfg)
+    from ..pipeline import run_prune
     run_prune(cfg, out, force)
     rec = json.loads((out / "record.json").read_text())
     typer.echo(f"{out}: {cfg.method} {rec['pattern']} achieved sparsity {rec['achieved_sparsity']:.4f} "
@@ -93,6 +93,7 @@ def prune(
 
 def _validate_early(cfg) -> None:
     """Cheap checks before loading a model."""
+    _require_data(cfg.calibration)  # before the heavy imports: offline failures in a second or two
     from ..masks import check_sparsity, parse_pattern
     from ..methods import check_options, get_method
     meth = get_method(cfg.method)
@@ -108,6 +109,16 @@ def _validate_early(cfg) -> None:
     if cfg.allocation not in (None, "", "uniform"):
         from ..allocation import get_allocation
         get_allocation(cfg.allocation)
+
+
+def _require_data(cal) -> None:
+    """Offline without local data: stop before loading a model (code comes from local packages)."""
+    from ..data import resolve_data_dir
+    recipes = [r for r in (cal.recipe, cal.contrast) if r and r != "code"]
+    if recipes and not cal.file and resolve_data_dir(cal.data_dir) is None:
+        from ..data.hub import require_hub
+        require_hub(f"calibration data of recipe {recipes[0]!r}", "give --data-dir (or POLYPRUNE_DATA_DIR) with "
+                    "the local data folder, e.g. ../shared/data, or --calibration-file")
 
 
 @app.command()
