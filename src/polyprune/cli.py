@@ -50,6 +50,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
 
 
+def examples(*commands: str) -> str:
+    """A command's help epilog: its examples, one per line."""
+    return "Examples:\n\n" + "\n\n".join(f"  $ {c}" for c in commands)
+
+
 def fail(message: str) -> None:
     """Raise a bad-input error from a command."""
     raise UserError(message)

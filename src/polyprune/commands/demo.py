@@ -7,19 +7,19 @@ from typing import Optional
 
 import typer
 
-from ..cli import app
+from ..cli import app, examples
 from ..demo import DEMO_EVAL_LINES, DEMO_NSAMPLES, DEMO_SEQLEN
 
 
-@app.command("demo")
+@app.command("demo", epilog=examples("polyprune demo", "polyprune demo --nsamples 4 --seqlen 128 --limit 10 "
+                                     "--out demo-small", "polyprune demo --data-dir ../shared/data --out demo-runs"))
 def demo_cmd(
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Offline data (default: $POLYPRUNE_DATA_DIR, "
-                                            "else ../shared/data)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Local data folder (layout as ../shared/data; 'hub' for the Hugging Face hub). Default: $POLYPRUNE_DATA_DIR, else ./shared/data or ../shared/data when present, (the demo needs local FLORES-200)."),
     out: Path = typer.Option(Path("demo-runs"), "--out", help="Folder for the demo's cells and report."),
     model: str = typer.Option("embedded", "--model", "-m", help="Model (default: the embedded Gemma-3-270M)."),
-    nsamples: int = typer.Option(DEMO_NSAMPLES, help="Calibration windows per language."),
-    seqlen: int = typer.Option(DEMO_SEQLEN, help="Tokens per calibration window."),
-    limit: int = typer.Option(DEMO_EVAL_LINES, help="Held-out FLORES sentences per evaluation language."),
+    nsamples: int = typer.Option(DEMO_NSAMPLES, "--nsamples", help="Calibration windows per language."),
+    seqlen: int = typer.Option(DEMO_SEQLEN, "--seqlen", help="Tokens per calibration window."),
+    limit: int = typer.Option(DEMO_EVAL_LINES, "--limit", help="Held-out FLORES sentences per evaluation language."),
 ) -> None:
     """Dense, magnitude and Wanda 50 % calibrated on eng/fra/zho/swh; perplexity per language.
     Rerunning reuses finished cells."""

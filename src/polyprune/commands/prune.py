@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ..cli import app
+from ..cli import app, examples
 from ..errors import UserError
 
 log = logging.getLogger(__name__)
@@ -32,34 +32,51 @@ def split_langs(values: list[str] | None) -> list[str]:
     return [x.strip() for v in values or [] for x in v.split(",") if x.strip()]
 
 
-@app.command()
+@app.command(epilog=examples(
+    "polyprune prune --method wanda --sparsity 0.5 --calibration-file examples/calibration.txt --out runs/w50",
+    "polyprune prune --method sparsegpt --pattern 2:4 --calibration translation --lang fra --target-lang eng "
+    "--out runs/sg-fr-en",
+    "polyprune prune --method wanda --calibration text --lang swh --nsamples 16 --seqlen 256 --keep-stats "
+    "--out runs/w-sw"))
 def prune(
-    model: str = typer.Option("embedded", "--model", "-m", help="Hub id, local folder, or 'embedded'."),
-    method: str = typer.Option("wanda", help="magnitude, random, wanda, sparsegpt, wanda-contrastive, …"),
+    model: str = typer.Option("embedded", "--model", "-m", help="Hub id, local folder, or 'embedded' (Gemma-3-270M, offline)."),
+    method: str = typer.Option("wanda", help="Pruning method: magnitude, random, wanda, wanda-contrastive, "
+                                             "lang-wanda, ria, sparsegpt, gptq, sparsegpt-gptq "
+                                             "(`polyprune list methods`)."),
     sparsity: float = typer.Option(0.5, help="Fraction pruned, in (0, 1) (ignored for N:M)."),
     pattern: str = typer.Option("unstructured", help="'unstructured' or N:M such as 2:4."),
-    calibration: Optional[str] = typer.Option(None, "--calibration", help="Recipe: translation, monolingual, text, mix, code, …"),
-    lang: Optional[list[str]] = typer.Option(None, "--lang", help="Calibration language(s); repeat or comma-separate."),
-    target_lang: Optional[str] = typer.Option(None, "--target-lang", help="Target language of translation demos."),
+    calibration: Optional[str] = typer.Option(None, "--calibration", help="Calibration recipe: translation, "
+                                               "monolingual, text, mix, code, mbs (`polyprune list recipes`); or "
+                                               "--calibration-file."),
+    lang: Optional[list[str]] = typer.Option(None, "--lang", help="Calibration language(s), FLORES or ISO codes "
+                                              "(`polyprune list languages`); repeat or comma-separate."),
+    target_lang: Optional[str] = typer.Option(None, "--target-lang", help="Target language of translation demonstrations "
+                                                  "(default English)."),
     k: Optional[int] = typer.Option(None, "--k", help="Demonstrations per sample (translation/monolingual)."),
     contrast: Optional[str] = typer.Option(None, "--contrast", help="Contrast-set recipe (e.g. code) for wanda-contrastive."),
     contrast_lang: Optional[str] = typer.Option(None, "--contrast-lang", help="Contrast-set language for wanda-contrastive."),
-    calibration_file: Optional[Path] = typer.Option(None, "--calibration-file", help="Plain text file: seeded windows."),
-    nsamples: int = typer.Option(32, help="Calibration samples."),
+    calibration_file: Optional[Path] = typer.Option(None, "--calibration-file", help="Plain text file: seeded windows "
+                                                       "of --seqlen tokens (e.g. examples/calibration.txt)."),
+    nsamples: int = typer.Option(32, help="Calibration samples (windows or demonstration sets)."),
     seqlen: int = typer.Option(512, help="Tokens per calibration window."),
     seed: int = typer.Option(0, help="Seed (calibration sampling, random method)."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", envvar="POLYPRUNE_DATA_DIR", help="Local data folder."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Local data folder (layout as ../shared/data; 'hub' for the Hugging Face hub). Default: $POLYPRUNE_DATA_DIR, else ./shared/data or ../shared/data when present, else the hub."),
     dtype: Optional[str] = typer.Option(None, help="float32 (CPU default), bfloat16, float16."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 … (default: auto)."),
     keep_dense_layers: Optional[str] = typer.Option(None, "--keep-dense-layers", help="Layers left dense, e.g. 0,-1."),
     non_sequential: bool = typer.Option(False, "--non-sequential", help="All statistics from the dense model."),
     count_pads: bool = typer.Option(False, "--count-pads", help="Let pad tokens into statistics (as the references)."),
-    allocation: Optional[str] = typer.Option(None, help="Layer-wise sparsity allocation, e.g. owl."),
-    option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="Method option key=value (repeatable)."),
-    allocation_option: Optional[list[str]] = typer.Option(None, "--allocation-option", help="Allocation option key=value (repeatable)."),
-    refine: Optional[str] = typer.Option(None, "--refine", help="Mask refinement after the method, e.g. dsnot."),
+    allocation: Optional[str] = typer.Option(None, help="Layer-wise sparsity allocation: uniform (default), owl, "
+                                                        "lang-corr (`polyprune list allocations`)."),
+    option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="Method option key=value "
+                                             "(repeatable), e.g. -o scope=row."),
+    allocation_option: Optional[list[str]] = typer.Option(None, "--allocation-option", help="Allocation option key=value "
+                                                        "(repeatable), e.g. m=5."),
+    refine: Optional[str] = typer.Option(None, "--refine", help="Mask refinement after the method: dsnot "
+                                              "(`polyprune list refinements`)."),
     refine_option: Optional[list[str]] = typer.Option(None, "--refine-option", help="Refinement option key=value (repeatable)."),
-    keep_stats: bool = typer.Option(False, "--keep-stats", help="Keep input statistics (for analyses)."),
+    keep_stats: bool = typer.Option(False, "--keep-stats", help="Keep the input statistics in the run "
+                                           "(stats.safetensors); `analyze --what magnitudes` needs them."),
     save_model: bool = typer.Option(False, "--save-model", help="Also save the pruned model (save_pretrained)."),
     offload: bool = typer.Option(False, "--offload", help="Stream layers from disk; the pruned model goes to OUT/model."),
     max_memory: Optional[str] = typer.Option(None, "--max-memory", help="Stream when the model exceeds this, e.g. 4GB."),
@@ -121,13 +138,14 @@ def _require_data(cal) -> None:
                     "the local data folder, e.g. ../shared/data, or --calibration-file")
 
 
-@app.command()
+@app.command(epilog=examples("polyprune apply --masks runs/w50 --out pruned-model",
+                             "polyprune apply --masks runs/w50/masks.safetensors --model embedded --out pruned-model"))
 def apply(
     masks: Path = typer.Option(..., "--masks", help="Run folder or masks.safetensors."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Base model (default: the run's)."),
     out: Path = typer.Option(..., "--out", help="Folder for the pruned model (save_pretrained)."),
-    dtype: Optional[str] = typer.Option(None),
-    force: bool = typer.Option(False, "--force"),
+    dtype: Optional[str] = typer.Option(None, help="float32 (default), bfloat16, float16."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out."),
 ) -> None:
     """Re-apply saved masks (and kept weight values) to a base model and save it."""
     from ..masks import load_masks, apply_masks, sparsity_report
