@@ -1,6 +1,8 @@
 """``polyprune demo``: the calibration-language × evaluation-language perplexity table, offline."""
 from __future__ import annotations
 
+import os
+import resource
 import time
 from pathlib import Path
 from typing import Optional
@@ -9,6 +11,14 @@ import typer
 
 from ..cli import app, examples
 from ..demo import DEMO_EVAL_LINES, DEMO_NSAMPLES, DEMO_SEQLEN
+from ..progress import fmt_duration
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children: the cost of a run,
+    which, unlike wall time, does not grow when other work shares the cores."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 @app.command("demo", epilog=examples("polyprune demo", "polyprune demo --nsamples 4 --seqlen 128 --limit 10 "
@@ -26,7 +36,7 @@ def demo_cmd(
     from rich.console import Console
     from ..demo import run_demo
     from ..report import table_rich
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_seconds()
     rep = run_demo(out, data_dir, model, nsamples, seqlen, limit)
     console = Console()
     if rep["table"] is not None:
@@ -34,7 +44,9 @@ def demo_cmd(
                                                      "calibration language) — lower is better"))
     s = rep["summary"]
     figs = [p for p in rep["figures"] if p.suffix == ".png"]
-    typer.echo(f"{s.done} cells run, {s.skipped} reused, {len(s.failed)} failed in {time.perf_counter() - t0:.0f}s")
+    typer.echo(f"{s.done} cells run, {s.skipped} reused, {len(s.failed)} failed in "
+               f"{fmt_duration(time.perf_counter() - t0)} wall, {cpu_seconds() - c0:.0f} CPU-s "
+               f"({os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f})")
     typer.echo(f"report: {rep['dir'] / 'report.md'}")
     for p in figs:
         typer.echo(f"figure: {p}")

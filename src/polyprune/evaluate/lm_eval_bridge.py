@@ -13,6 +13,8 @@ same task and is keyed by the given language (default English).
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from pathlib import Path
 
@@ -112,11 +114,15 @@ def _run(ctx: Context, code: str, items: list) -> dict:
     name = items[0]
     o = ctx.options
     try:
-        res = lm_eval.simple_evaluate(model=_hflm(ctx), tasks=[name], task_manager=_manager(ctx), limit=ctx.limit,
-                                      num_fewshot=o.get("num_fewshot"), log_samples=True,
-                                      random_seed=ctx.seed, numpy_random_seed=ctx.seed, torch_random_seed=ctx.seed,
-                                      fewshot_random_seed=ctx.seed, bootstrap_iters=0,
-                                      apply_chat_template=bool(o.get("chat_template")))
+        # lm-eval passes disable=False to its tqdm bars, which overrides TQDM_DISABLE: send them to a
+        # buffer (log records keep their own stream, so errors and warnings still show)
+        with contextlib.redirect_stderr(io.StringIO()):
+            res = lm_eval.simple_evaluate(model=_hflm(ctx), tasks=[name], task_manager=_manager(ctx),
+                                          limit=ctx.limit,
+                                          num_fewshot=o.get("num_fewshot"), log_samples=True,
+                                          random_seed=ctx.seed, numpy_random_seed=ctx.seed,
+                                          torch_random_seed=ctx.seed, fewshot_random_seed=ctx.seed,
+                                          bootstrap_iters=0, apply_chat_template=bool(o.get("chat_template")))
     except Exception as e:  # hub data offline, malformed YAML …
         if "Offline" in type(e).__name__ or "offline" in str(e).lower():
             raise UserError(f"lm-eval task {name}: its data is on the hub and this machine is offline; "
