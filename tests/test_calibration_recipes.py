@@ -280,6 +280,7 @@ def test_hub_streaming_limits_and_errors(monkeypatch):
     from polyprune.data.hub import stream_field
     from polyprune.errors import UserError
     recs = [{"text": "abcd", "content": f"x = {i}\n"} for i in range(10)]
+    monkeypatch.setattr("polyprune.data.hub.require_hub", lambda *a: None)  # the hub is mocked here
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: iter(recs))
     assert stream_field("d", None, "train", "text", max_chars=10) == ["abcd"] * 3
     assert load_code(code_dataset="d", max_files=4).read("3") == "x = 3\n"

@@ -225,3 +225,17 @@ def test_empty_test_set_is_bad_input(tiny, tokenizer, fake_data, tmp_path):
         f.write("")
     with pytest.raises(UserError, match="empty test set"):
         evaluate(tiny("llama"), tokenizer, "xnli", ["fr"], data_dir=d)
+
+
+def test_lm_eval_offline_is_one_line_exit_2(tiny_dir, tmp_path):
+    """A hub-data lm-eval task offline, and an unknown task: one line each, exit 2, no traceback."""
+    pytest.importorskip("lm_eval")
+    import os
+    import subprocess
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "POLYPRUNE_PROGRESS": "0"}
+    for task, what in (("lm-eval:arc_easy", "allenai/ai2_arc comes from the Hugging Face hub, but HF_HUB_OFFLINE=1"),
+                       ("lm-eval:no_such_task_xyz", "'no_such_task_xyz' not found")):
+        r = subprocess.run([sys.executable, "-m", "polyprune", "eval", str(tiny_dir("llama")), "--task", task,
+                            "--out", str(tmp_path / "res")], capture_output=True, text=True, env=env)
+        lines = [x for x in (r.stdout + r.stderr).splitlines() if x.strip()]
+        assert r.returncode == 2 and len(lines) == 1 and what in lines[0], lines

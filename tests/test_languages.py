@@ -74,7 +74,11 @@ def test_resolve_langs_splits_commas_and_dedupes():
 
 def test_resolve_data_dir(tmp_path, monkeypatch):
     monkeypatch.delenv("POLYPRUNE_DATA_DIR", raising=False)
-    assert resolve_data_dir(None) is None
+    monkeypatch.setattr("polyprune.data.local_candidates", lambda: [tmp_path / "none", tmp_path / "local"])
+    assert resolve_data_dir(None) is None  # no local folder: the hub
+    (tmp_path / "local" / "xnli").mkdir(parents=True)
+    assert resolve_data_dir(None) == (tmp_path / "local").resolve()  # a local ../shared/data-style folder
+    assert resolve_data_dir("hub") is None  # the hub on request
     monkeypatch.setenv("POLYPRUNE_DATA_DIR", str(tmp_path))
     assert resolve_data_dir(None) == tmp_path
     other = tmp_path / "x"
@@ -168,3 +172,41 @@ def test_cli_data_languages(tmp_path):
     assert rows["fra_Latn"][-3:] == ["yes", "fr", "-"] and rows["jpn_Jpan"][-3:] == ["-", "-", "ja"]
     assert rows["swh_Latn"][-3:] == ["yes", "-", "-"]
     assert "3 languages in" in r.output.splitlines()[-1]
+
+
+def test_offline_hub_fails_fast_with_one_line(tmp_path):
+    """No local data and HF_HUB_OFFLINE=1: hub-bound commands stop with exactly one line (no
+    retries, nothing printed twice), exit 2, nothing written, and before any model is loaded (a
+    missing model folder is not even noticed), which is what keeps them within seconds."""
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "POLYPRUNE_DATA_DIR": "hub", "POLYPRUNE_PROGRESS": "1"}
+    model = str(tmp_path / "no-such-model")
+    cal = ["prune", "--model", model, "--calibration", "translation", "--lang", "fra", "--target-lang", "eng",
+           "--nsamples", "2", "--seqlen", "16", "--out", str(tmp_path / "r")]
+    ev = ["eval", model, "--task", "perplexity", "--lang", "fra", "--limit", "2", "--out", str(tmp_path / "e")]
+    for args, what in ((cal, "recipe 'translation'"), (ev, "FLORES+ (task perplexity)")):
+        r = subprocess.run([sys.executable, "-m", "polyprune", *args], capture_output=True, text=True, env=env,
+                           cwd=tmp_path)
+        lines = [x for x in (r.stdout + r.stderr).splitlines() if x.strip()]
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert len(lines) == 1 and lines[0].startswith("error: ") and what in lines[0], lines
+        assert "HF_HUB_OFFLINE=1" in lines[0] and "--data-dir" in lines[0]
+    assert not (tmp_path / "r").exists() and not (tmp_path / "e" / "perplexity.json").exists()
+
+
+def test_unreachable_hub_is_detected_without_retries(monkeypatch):
+    from polyprune.data import hub
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(hub, "_reachable", {})
+    # a port nothing listens on: refused at once
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    with pytest.raises(UserError, match="unreachable.*--data-dir"):
+        hub.require_hub("FLORES+", "give --data-dir")
+    import datasets
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("the hub was tried"))
+    with pytest.raises(UserError, match="unreachable"):
+        hub.stream_field("d", None, "train", "text")

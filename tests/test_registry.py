@@ -38,8 +38,8 @@ def test_a_second_entry_under_one_name_is_refused():
 
 
 def test_first_line_keeps_abbreviations_and_joins_wrapped_lines():
-    assert first_line("Kim et al. Eq. 4: |W|·‖X‖·‖X‖/(‖Z‖ + ε), X the\n    target set. More text.\n\nDetails.") == \
-        "Kim et al. Eq. 4: |W|·‖X‖·‖X‖/(‖Z‖ + ε), X the target set."
+    assert first_line("Kim et al. Eq. 4: ``|W|``·‖X‖ over the\n    target set. More text.\n\nDetails.") == \
+        "Kim et al. Eq. 4: |W|·‖X‖ over the target set."
     assert first_line(None) == ""
 
 

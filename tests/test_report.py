@@ -214,3 +214,29 @@ def test_analysis_output_rejects_a_name_written_twice(tmp_path):
     with pytest.raises(RuntimeError, match="written twice"):
         o.json("snr_per_lang", {})
     o.discard()
+
+
+def test_heatmap_colour_and_number_show_the_same_change():
+    """A cell's printed change and its colour come from one number: (v − ref)/|ref| in %, with the
+    data's sign; red means worse in both metric directions; languages named in English."""
+    import matplotlib
+
+    from polyprune.report import Row, heatmap_changes, heatmap_scale, lang_label, relative_change
+    base = Row(key=(), labels={}, values={"eng_Latn": 20.0, "avg": 40.0}, is_baseline=True)
+    a = Row(key=(), labels={}, values={"eng_Latn": 25.0, "avg": 30.0})
+    assert heatmap_changes([a], base, ["eng_Latn", "avg"], False) == [[25.0, -25.0]]  # 20→25: +25 %
+    assert relative_change(None, 1.0) != relative_change(None, 1.0)  # NaN
+    # without a baseline: against the column's best row (lowest perplexity)
+    b = Row(key=(), labels={}, values={"eng_Latn": 50.0})
+    assert heatmap_changes([a, b], None, ["eng_Latn"], False) == [[0.0], [100.0]]
+    def red(cmap, norm, x):
+        r, _, b, _ = matplotlib.colormaps[cmap](norm(x))
+        return r > b
+    cmap, norm = heatmap_scale([25.0, -10.0], higher_is_better=False)  # perplexity up = worse = red
+    assert red(cmap, norm, 25.0) and not red(cmap, norm, -10.0)
+    cmap, norm = heatmap_scale([25.0, -10.0], higher_is_better=True)  # accuracy down = worse = red
+    assert red(cmap, norm, -10.0) and not red(cmap, norm, 25.0)
+    cmap, norm = heatmap_scale([5.0, 30.0], higher_is_better=False)  # all worse: one-sided red, 0 = white
+    assert red(cmap, norm, 30.0) and norm.vmin == 0.0
+    assert [lang_label(x) for x in ("eng_Latn", "eng", "sw", "deu+eng", "avg", "all7")] == \
+        ["English", "English", "Swahili", "German+English", "average", "all7"]

@@ -3,8 +3,6 @@
 Sub-commands live in ``polyprune.commands.*`` and register themselves on ``app``."""
 from __future__ import annotations
 
-import logging
-import os
 import sys
 
 import typer
@@ -17,30 +15,34 @@ data_app = typer.Typer(no_args_is_help=True, help="Inspect the data available lo
 app.add_typer(data_app, name="data")
 
 
+def _no_type_placeholder(self, ctx):  # the help text says what to give; "<str>" only adds noise
+    return None
+
+
+for _cls in (getattr(typer.core, "TyperOption", None), getattr(typer.core, "TyperArgument", None)):
+    if _cls is not None and hasattr(_cls, "display_type_rich"):
+        _cls.display_type_rich = _no_type_placeholder
+
+
 @app.callback()
 def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
-    from rich.logging import RichHandler
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
-                        handlers=[RichHandler(show_path=False, show_time=False, rich_tracebacks=False)],
-                        force=True)
-    for noisy in ("httpx", "urllib3", "filelock", "datasets", "huggingface_hub"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from .progress import setup_logging
+    setup_logging(verbose)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: bad input → one line on stderr, exit 2 (``argv``: arguments, default sys.argv)."""
     from . import commands  # noqa: F401  (registers sub-commands)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    try:  # our own progress bars only: transformers' loading bars would bury one-line errors
-        from transformers.utils import logging as hf_logging
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-    except ImportError:
-        pass
+    from .progress import quiet_third_party
+    quiet_third_party()
+    if not sys.stdout.isatty():  # whole lines only, so tables never interleave mid-line with log records
+        try:
+            sys.stdout.reconfigure(line_buffering=True)  # type: ignore[attr-defined]
+        except (AttributeError, ValueError):
+            pass
     _terminate_as_interrupt()
     try:
-        app(args=argv)
+        app(args=argv, prog_name="polyprune")
     except UserError as e:
         sys.stderr.write(f"error: {e}\n")
         sys.exit(2)
@@ -93,6 +95,11 @@ def _terminate_as_interrupt() -> None:
         signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread (embedded use): keep the default
         pass
+
+
+def examples(*commands: str) -> str:
+    """A command's help epilog: its examples, one per line."""
+    return "Examples:\n\n" + "\n\n".join(f"  $ {c}" for c in commands)
 
 
 def fail(message: str) -> None:

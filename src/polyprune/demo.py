@@ -3,7 +3,6 @@ each scored by per-language perplexity on held-out FLORES lines — a grid run i
 embedded model, offline, in minutes on a laptop CPU."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from .errors import UserError
@@ -16,19 +15,14 @@ DEMO_EVAL_LINES = 20
 
 
 def find_data_dir(data_dir: str | Path | None = None) -> Path:
-    """``data_dir``, else $POLYPRUNE_DATA_DIR, else ``../shared/data`` beside the current folder or
-    the repository; it must hold ``flores200/``."""
-    cands: list[Path] = []
-    if data_dir:
-        cands = [Path(data_dir)]
-    elif os.environ.get("POLYPRUNE_DATA_DIR"):
-        cands = [Path(os.environ["POLYPRUNE_DATA_DIR"])]
-    else:
-        cands = [Path.cwd().parent / "shared" / "data", Path(__file__).resolve().parents[3] / "shared" / "data"]
-    for c in cands:
-        if (c / "flores200").is_dir():
-            return c.resolve()
-    raise UserError(f"no offline data found (looked for flores200/ in {', '.join(str(c) for c in cands)}): "
+    """The data folder by the common rule (:func:`polyprune.data.resolve_data_dir`); the demo runs
+    offline, so it must hold ``flores200/``."""
+    from .data import local_candidates, resolve_data_dir
+    d = resolve_data_dir(data_dir)
+    if d is not None and (d / "flores200").is_dir():
+        return d.resolve()
+    looked = [str(d)] if d is not None else [str(c) for c in local_candidates()]
+    raise UserError(f"no offline data found (looked for flores200/ in {', '.join(looked)}): "
                     f"give --data-dir or set POLYPRUNE_DATA_DIR")
 
 

@@ -737,20 +737,34 @@ class Display:
         self.t0 = time.perf_counter()
         self.lock = threading.Lock()
         self.live = None
+        self.beat: threading.Thread | None = None
+        self.stopped = threading.Event()
         from .progress import enabled
         self.show = show and enabled()
 
     def __enter__(self):
-        if self.show:
-            from rich.console import Console
+        from .progress import console, interactive, interval_s
+        if self.show and interactive():
             from rich.live import Live
-            console = Console(file=sys.stderr)
-            self.live = Live(get_renderable=self.render, console=console, refresh_per_second=2,
+            self.live = Live(get_renderable=self.render, console=console(), refresh_per_second=2,
                              transient=False, redirect_stdout=False, redirect_stderr=False)
             self.live.__enter__()
+        elif self.show:  # log file / CI: the running cells every interval, so a long cell never looks hung
+            self.beat = threading.Thread(target=self._heartbeat, args=(interval_s(),), daemon=True)
+            self.beat.start()
         return self
 
+    def _heartbeat(self, every: float) -> None:
+        while not self.stopped.wait(every):
+            with self.lock:
+                now = time.perf_counter()
+                running = ", ".join(f"{t} ({_fmt_time(now - t0)})" for t, t0 in list(self.running.items())[:8])
+                log.info("grid %s: %s%s", self.name, self.summary(), f" · running {running}" if running else "")
+
     def __exit__(self, *exc):
+        self.stopped.set()
+        if self.beat is not None:
+            self.beat.join()
         if self.live is not None:
             self.live.refresh()
             self.live.__exit__(*exc)
@@ -934,7 +948,7 @@ def _run_child(cell: Cell, out: Path, data_dir: str | None, procs: set) -> dict:
     logs = out / "logs"
     logs.mkdir(exist_ok=True)
     payload = json.dumps({"cell": cell.to_json(), "out": str(out), "data_dir": data_dir})
-    env = {**os.environ, "POLYPRUNE_PROGRESS": "0", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}  # progress as log lines in the cell's log
     t0 = time.perf_counter()
     with open(logs / f"{cell.dirname}.log", "w", encoding="utf-8") as logf:
         proc = subprocess.Popen([sys.executable, "-m", "polyprune.grid"], stdin=subprocess.PIPE, stdout=logf,
@@ -1057,6 +1071,8 @@ def _run_ray(cells: list[Cell], out: Path, data_dir, address: str, res: Resource
 
 def _child_main() -> int:  # pragma: no cover - exercised through subprocesses
     """``python -m polyprune.grid``: run the cell described on stdin (exit 0 done, 1 failed)."""
+    from .progress import quiet_third_party
+    quiet_third_party()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     def on_term(signum, frame):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import re
 from typing import Callable, Generic, Iterator, TypeVar
 
 from .errors import UserError
@@ -15,12 +16,15 @@ from .errors import UserError
 T = TypeVar("T")
 
 
-def first_line(text: str | None) -> str:
-    """The first sentence of a docstring's first paragraph, on one line (a period in the first
-    40 characters is taken for an abbreviation such as "Kim et al.")."""
-    para = " ".join((text or "").strip().split("\n\n", 1)[0].split())
-    end = para.find(". ", 40)
-    return para[: end + 1] if end >= 0 else para
+def first_line(doc: str | None) -> str:
+    """The first sentence of a docstring's first paragraph, on one line, without RST quoting
+    (a period after an abbreviation such as "et al." or "e.g." or a number does not end it)."""
+    para = re.split(r"\n\s*\n", (doc or "").strip())[0]
+    text = " ".join(para.split()).replace("``", "")
+    for m in re.finditer(r"\.(\s|$)", text):
+        if not re.search(r"(\b(al|e\.g|i\.e|Eq|cf|vs)|\d)$", text[: m.start()]):
+            return text[: m.start() + 1]
+    return text
 
 
 class Registry(dict, Generic[T]):

@@ -6,19 +6,23 @@ from typing import Optional
 
 import typer
 
-from ..cli import app
+from ..cli import app, examples
 
 
-@app.command()
+@app.command(epilog=examples(
+    "polyprune analyze runs/w-en runs/w-sw --what magnitudes,mask_iou --out runs/analysis   # runs pruned with "
+    "--keep-stats",
+    "polyprune analyze runs/w50 --what snr,lape --lang eng,fra,zho,swh --nsentences 16",
+    "polyprune analyze runs/w50 --what restoration --restore first,last --nsentences 16"))
 def analyze(
     runs: list[Path] = typer.Argument(..., help="Run folder(s) written by `polyprune prune`."),
-    what: list[str] = typer.Option(..., "--what", "-w", help="magnitudes, mask_iou, snr, lsar, lape, "
-                                   "restoration, or all (repeat or comma-separate)."),
+    what: list[str] = typer.Option(..., "--what", "-w", help="Analyses: magnitudes (needs runs "
+                                   "pruned with --keep-stats), mask_iou (2+ runs), snr, lsar, lape, restoration, or "
+                                   "all; repeat or comma-separate (`polyprune list analyses`)."),
     lang: Optional[list[str]] = typer.Option(None, "--lang", help="Evaluation languages (default: the runs' "
                                              "calibration languages); repeat or comma-separate."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (required for several runs)."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", envvar="POLYPRUNE_DATA_DIR",
-                                            help="Local data folder (FLORES-200)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Local data folder (layout as ../shared/data; 'hub' for the Hugging Face hub). Default: $POLYPRUNE_DATA_DIR, else ./shared/data or ../shared/data when present, else the hub."),
     nsentences: int = typer.Option(64, "--nsentences", help="FLORES evaluation sentences per language."),
     batch_size: int = typer.Option(8, "--batch-size", help="Sentences per forward pass."),
     beta: float = typer.Option(0.3, "--beta", help="magnitudes: top/bottom fraction of features."),
@@ -31,7 +35,7 @@ def analyze(
                                    "output, as Tang et al.'s code)."),
     restore: str = typer.Option("first,last,first+last,each", "--restore",
                                 help="restoration: layer sets, e.g. first,last,first+last,each,3,0+5."),
-    device: Optional[str] = typer.Option("cpu", "--device", help="cpu, cuda, …"),
+    device: Optional[str] = typer.Option("cpu", "--device", help="Device: cpu (default), cuda, cuda:1."),
     dtype: Optional[str] = typer.Option("float32", "--dtype", help="float32 (default), bfloat16, float16."),
 ) -> None:
     """Analyse pruned runs: write CSV/JSON tables and PNG/PDF figures."""

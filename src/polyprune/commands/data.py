@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from ..cli import data_app
+from ..cli import data_app, examples
 
 
 def language_table(data_dir: Path | None, show_all: bool = False) -> list[dict]:
@@ -30,10 +30,10 @@ def language_table(data_dir: Path | None, show_all: bool = False) -> list[dict]:
     return rows
 
 
-@data_app.command("languages")
+@data_app.command("languages", epilog=examples("polyprune data languages", "polyprune data languages --all",
+                                               "polyprune data languages --data-dir ../shared/data"))
 def languages(
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", envvar="POLYPRUNE_DATA_DIR",
-                                            help="Local data folder (layout as ../shared/data)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Local data folder (layout as ../shared/data; 'hub' for the Hugging Face hub). Default: $POLYPRUNE_DATA_DIR, else ./shared/data or ../shared/data when present, else the hub."),
     show_all: bool = typer.Option(False, "--all", help="Also list languages without local data."),
 ) -> None:
     """List languages with the FLORES / XNLI / MARC data available (locally, or on the hub)."""

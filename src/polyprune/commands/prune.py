@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ..cli import app
+from ..cli import app, examples
 from ..errors import UserError
 
 log = logging.getLogger(__name__)
@@ -32,23 +32,35 @@ def split_langs(values: list[str] | None) -> list[str]:
     return [x.strip() for v in values or [] for x in v.split(",") if x.strip()]
 
 
-@app.command()
+@app.command(epilog=examples(
+    "polyprune prune --method wanda --sparsity 0.5 --calibration-file examples/calibration.txt --out runs/w50",
+    "polyprune prune --method sparsegpt --pattern 2:4 --calibration translation --lang fra --target-lang eng "
+    "--out runs/sg-fr-en",
+    "polyprune prune --method wanda --calibration text --lang swh --nsamples 16 --seqlen 256 --keep-stats "
+    "--out runs/w-sw"))
 def prune(
-    model: str = typer.Option("embedded", "--model", "-m", help="Hub id, local folder, or 'embedded'."),
-    method: str = typer.Option("wanda", help="magnitude, random, wanda, sparsegpt, wanda-contrastive, …"),
+    model: str = typer.Option("embedded", "--model", "-m", help="Hub id, local folder, or 'embedded' (Gemma-3-270M, offline)."),
+    method: str = typer.Option("wanda", help="Pruning method: magnitude, random, wanda, wanda-contrastive, "
+                                             "lang-wanda, ria, sparsegpt, gptq, sparsegpt-gptq "
+                                             "(`polyprune list methods`)."),
     sparsity: float = typer.Option(0.5, help="Fraction pruned, in (0, 1) (ignored for N:M)."),
     pattern: str = typer.Option("unstructured", help="'unstructured' or N:M such as 2:4."),
-    calibration: Optional[str] = typer.Option(None, "--calibration", help="Recipe: translation, monolingual, text, mix, code, …"),
-    lang: Optional[list[str]] = typer.Option(None, "--lang", help="Calibration language(s); repeat or comma-separate."),
-    target_lang: Optional[str] = typer.Option(None, "--target-lang", help="Target language of translation demos."),
+    calibration: Optional[str] = typer.Option(None, "--calibration", help="Calibration recipe: translation, "
+                                               "monolingual, text, mix, code, mbs (`polyprune list recipes`); or "
+                                               "--calibration-file."),
+    lang: Optional[list[str]] = typer.Option(None, "--lang", help="Calibration language(s), FLORES or ISO codes "
+                                              "(`polyprune list languages`); repeat or comma-separate."),
+    target_lang: Optional[str] = typer.Option(None, "--target-lang", help="Target language of translation demonstrations "
+                                                  "(default English)."),
     k: Optional[int] = typer.Option(None, "--k", help="Demonstrations per sample (translation/monolingual)."),
     contrast: Optional[str] = typer.Option(None, "--contrast", help="Contrast-set recipe (e.g. code) for wanda-contrastive."),
     contrast_lang: Optional[str] = typer.Option(None, "--contrast-lang", help="Contrast-set language for wanda-contrastive."),
-    calibration_file: Optional[Path] = typer.Option(None, "--calibration-file", help="Plain text file: seeded windows."),
-    nsamples: int = typer.Option(32, help="Calibration samples."),
+    calibration_file: Optional[Path] = typer.Option(None, "--calibration-file", help="Plain text file: seeded windows "
+                                                       "of --seqlen tokens (e.g. examples/calibration.txt)."),
+    nsamples: int = typer.Option(32, help="Calibration samples (windows or demonstration sets)."),
     seqlen: int = typer.Option(512, help="Tokens per calibration window."),
     seed: int = typer.Option(0, help="Seed (calibration sampling, random method)."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", envvar="POLYPRUNE_DATA_DIR", help="Local data folder."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Local data folder (layout as ../shared/data; 'hub' for the Hugging Face hub). Default: $POLYPRUNE_DATA_DIR, else ./shared/data or ../shared/data when present, else the hub."),
     dtype: Optional[str] = typer.Option(None, help="float32 (CPU default), bfloat16 (GPU default), float16."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 … (default: auto)."),
     onload: str = typer.Option("auto", "--onload", help="GPU: move one decoder layer at a time to it: auto, always, never."),
@@ -56,12 +68,17 @@ def prune(
     keep_dense_layers: Optional[str] = typer.Option(None, "--keep-dense-layers", help="Layers left dense, e.g. 0,-1."),
     non_sequential: bool = typer.Option(False, "--non-sequential", help="All statistics from the dense model."),
     count_pads: bool = typer.Option(False, "--count-pads", help="Let pad tokens into statistics (as the references)."),
-    allocation: Optional[str] = typer.Option(None, help="Layer-wise sparsity allocation, e.g. owl."),
-    option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="Method option key=value (repeatable)."),
-    allocation_option: Optional[list[str]] = typer.Option(None, "--allocation-option", help="Allocation option key=value (repeatable)."),
-    refine: Optional[str] = typer.Option(None, "--refine", help="Mask refinement after the method, e.g. dsnot."),
+    allocation: Optional[str] = typer.Option(None, help="Layer-wise sparsity allocation: uniform (default), owl, "
+                                                        "lang-corr (`polyprune list allocations`)."),
+    option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="Method option key=value "
+                                             "(repeatable), e.g. -o scope=row."),
+    allocation_option: Optional[list[str]] = typer.Option(None, "--allocation-option", help="Allocation option key=value "
+                                                        "(repeatable), e.g. m=5."),
+    refine: Optional[str] = typer.Option(None, "--refine", help="Mask refinement after the method: dsnot "
+                                              "(`polyprune list refinements`)."),
     refine_option: Optional[list[str]] = typer.Option(None, "--refine-option", help="Refinement option key=value (repeatable)."),
-    keep_stats: bool = typer.Option(False, "--keep-stats", help="Keep input statistics (for analyses)."),
+    keep_stats: bool = typer.Option(False, "--keep-stats", help="Keep the input statistics in the run "
+                                           "(stats.safetensors); `analyze --what magnitudes` needs them."),
     save_model: bool = typer.Option(False, "--save-model", help="Also save the pruned model (save_pretrained)."),
     offload: bool = typer.Option(False, "--offload", help="Stream layers from disk; the pruned model goes to OUT/model."),
     max_memory: Optional[str] = typer.Option(None, "--max-memory", help="Stream when the model exceeds this, e.g. 4GB."),
@@ -71,7 +88,6 @@ def prune(
 ) -> None:
     """Prune a model layer by layer and write a run folder."""
     from ..config import validate_config
-    from ..pipeline import run_prune
     cfg = validate_config({
         "model": model, "dtype": dtype, "device": device, "method": method, "sparsity": sparsity,
         "pattern": pattern, "seed": seed, "sequential": not non_sequential, "count_pads": count_pads,
@@ -88,6 +104,7 @@ def prune(
                         "data_dir": str(data_dir) if data_dir else None},
     }, "prune")
     _validate_early(cfg)
+    from ..pipeline import run_prune
     run_prune(cfg, out, force)
     rec = json.loads((out / "record.json").read_text())
     typer.echo(f"{out}: {cfg.method} {rec['pattern']} achieved sparsity {rec['achieved_sparsity']:.4f} "
@@ -96,6 +113,7 @@ def prune(
 
 def _validate_early(cfg) -> None:
     """Cheap checks before loading a model."""
+    _require_data(cfg.calibration)  # before the heavy imports: offline failures in a second or two
     from ..masks import check_sparsity, parse_pattern
     from ..methods import check_options, get_method
     meth = get_method(cfg.method)
@@ -113,13 +131,24 @@ def _validate_early(cfg) -> None:
         get_allocation(cfg.allocation)
 
 
-@app.command()
+def _require_data(cal) -> None:
+    """Offline without local data: stop before loading a model (code comes from local packages)."""
+    from ..data import resolve_data_dir
+    recipes = [r for r in (cal.recipe, cal.contrast) if r and r != "code"]
+    if recipes and not cal.file and resolve_data_dir(cal.data_dir) is None:
+        from ..data.hub import require_hub
+        require_hub(f"calibration data of recipe {recipes[0]!r}", "give --data-dir (or POLYPRUNE_DATA_DIR) with "
+                    "the local data folder, e.g. ../shared/data, or --calibration-file")
+
+
+@app.command(epilog=examples("polyprune apply --masks runs/w50 --out pruned-model",
+                             "polyprune apply --masks runs/w50/masks.safetensors --model embedded --out pruned-model"))
 def apply(
     masks: Path = typer.Option(..., "--masks", help="Run folder or masks.safetensors."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Base model (default: the run's)."),
     out: Path = typer.Option(..., "--out", help="Folder for the pruned model (save_pretrained)."),
-    dtype: Optional[str] = typer.Option(None),
-    force: bool = typer.Option(False, "--force"),
+    dtype: Optional[str] = typer.Option(None, help="float32 (default), bfloat16, float16."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out."),
 ) -> None:
     """Re-apply saved masks (and kept weight values) to a base model and save it."""
     from ..masks import load_masks, apply_masks, sparsity_report

@@ -6,10 +6,12 @@ from typing import Optional
 
 import typer
 
-from ..cli import app
+from ..cli import app, examples
 
 
-@app.command("report")
+@app.command("report", epilog=examples("polyprune report demo-runs", "polyprune report runs/kurz2025-small "
+                                       "--baseline 'wanda · 0.5 · eng'", "polyprune report recipes/kim2024-small.yaml "
+                                       "--no-figures --quiet"))
 def report_cmd(
     source: Path = typer.Argument(..., help="A grid's runs folder, a grid YAML, or any folder of run folders."),
     baseline: Optional[str] = typer.Option(None, "--baseline", help="Row to test against (default: the dense "

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from ..cli import app
+from ..cli import app, examples
 
 
 def default_out(grid_path: Path, name: str) -> Path:
@@ -15,7 +15,9 @@ def default_out(grid_path: Path, name: str) -> Path:
     return child(Path("runs"), name, f"{grid_path}: grid name")
 
 
-@app.command("run")
+@app.command("run", epilog=examples("polyprune run recipes/kurz2025-small.yaml --dry-run",
+                                    "polyprune run recipes/kurz2025-small.yaml --workers 2",
+                                    "polyprune run recipes/kim2024-small.yaml --in-process --out runs/kim"))
 def run_cmd(
     grid: Path = typer.Argument(..., help="Grid YAML (see recipes/)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for the cells (default: runs/<grid name>)."),
@@ -23,7 +25,7 @@ def run_cmd(
     ray: Optional[str] = typer.Option(None, "--ray", help="Run cells as Ray tasks: auto, local or ADDRESS."),
     in_process: bool = typer.Option(False, "--in-process", help="Run cells one by one in this process, "
                                     "loading each model once (fastest for small grids)."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", envvar="POLYPRUNE_DATA_DIR", help="Local data folder."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Local data folder (layout as ../shared/data; 'hub' for the Hugging Face hub). Default: $POLYPRUNE_DATA_DIR, else ./shared/data or ../shared/data when present, else the hub."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write the report when all cells are done."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the cells and exit."),
 ) -> None:

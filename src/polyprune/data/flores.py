@@ -25,6 +25,7 @@ CALIBRATION_START = 500  # devtest lines >= this are calibration, lines < this a
 SPLITS = ("calibration", "evaluation")
 HUB_DATASET = "openlanguagedata/flores_plus"
 HUB_SPLIT = {"calibration": "dev", "evaluation": "devtest"}
+LOCAL_HINT = "give --data-dir (or POLYPRUNE_DATA_DIR) with flores200/devtest/<code>.txt, e.g. ../shared/data"
 
 
 def flores_path(lang: str | Language, data_dir: str | Path) -> Path:
@@ -47,6 +48,8 @@ def _read_lines(path: str, mtime: float) -> tuple[str, ...]:
 
 @lru_cache(maxsize=64)
 def _hub_lines(config: str, split: str) -> tuple[str, ...]:
+    from .hub import require_hub
+    require_hub(f"FLORES+ ({HUB_DATASET})", LOCAL_HINT)
     try:
         from datasets import load_dataset
         ds = load_dataset(HUB_DATASET, config, split=split)

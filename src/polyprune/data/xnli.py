@@ -39,6 +39,8 @@ def _read(path: str, mtime: float) -> tuple[dict, ...]:
 
 
 def _hub(code: str, split: str) -> tuple[dict, ...]:
+    from .hub import require_hub
+    require_hub(f"XNLI ({HUB_DATASET})", f"give --data-dir (or POLYPRUNE_DATA_DIR) with xnli/{split}/{code}.jsonl.gz")
     try:
         from datasets import load_dataset
         ds = load_dataset(HUB_DATASET, code, split={"test": "test", "dev": "validation"}[split])

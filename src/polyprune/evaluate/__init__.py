@@ -227,6 +227,8 @@ def run_eval(target: str | Path, task: str, langs: Sequence[str] | None = None, 
     is_run_dir = Path(target).is_dir() and is_run(target)
     if out is None and not is_run_dir:
         raise UserError(f"{target} is not a run folder: give --out DIR for the results of a bare model")
+    from ..data import require_task_data
+    require_task_data(parse_task(task)[0], data_dir)  # offline without data: stop before loading a model
     model, tok, run_dir = load_run_or_model(str(target), dtype, device)
     model.polyprune_target = str(target)
     res = evaluate(model, tok, task, langs, data_dir, limit, seed, batch_size, **options)

@@ -13,6 +13,8 @@ same task and is keyed by the given language (default English).
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from pathlib import Path
 
@@ -66,12 +68,29 @@ def _manager(ctx: Context):
 def _load(ctx: Context, code: str) -> list:
     template = ctx.options.get("lm_eval_task")
     if not template:
-        raise UserError("lm-eval: name the task, e.g. --task lm-eval:arc_easy or --lm-eval-task arc_easy")
+        raise UserError("lm-eval: name the task, e.g. --task lm-eval:arc_easy (list them: polyprune list tasks)")
     name = task_for(template, code)
     tm = _manager(ctx)
     if name not in tm.all_tasks:
         raise UserError(f"lm-eval task {name!r} not found (local YAMLs: include=DIR; lm-eval {_lm_eval_version()})")
+    path = _dataset_path(tm, name)
+    if path is not None and path not in LOCAL_BUILDERS and not Path(path).exists():
+        from ..data.hub import require_hub  # offline: one line now, not datasets' retries later
+        require_hub(f"lm-eval task {name}'s dataset {path}", "point a local task YAML at a JSON file (include=DIR)")
     return [name]
+
+
+LOCAL_BUILDERS = ("json", "csv", "parquet", "text", "arrow")
+
+
+def _dataset_path(tm, name: str) -> str | None:
+    """The task YAML's ``dataset_path`` when lm-eval's index knows it without building the task."""
+    try:
+        cfg = tm.task_index[name].cfg or {}
+    except (AttributeError, KeyError, TypeError):
+        return None
+    v = cfg.get("dataset_path") if isinstance(cfg, dict) else None
+    return v if isinstance(v, str) else None
 
 
 def _lm_eval_version() -> str:
@@ -95,11 +114,15 @@ def _run(ctx: Context, code: str, items: list) -> dict:
     name = items[0]
     o = ctx.options
     try:
-        res = lm_eval.simple_evaluate(model=_hflm(ctx), tasks=[name], task_manager=_manager(ctx), limit=ctx.limit,
-                                      num_fewshot=o.get("num_fewshot"), log_samples=True,
-                                      random_seed=ctx.seed, numpy_random_seed=ctx.seed, torch_random_seed=ctx.seed,
-                                      fewshot_random_seed=ctx.seed, bootstrap_iters=0,
-                                      apply_chat_template=bool(o.get("chat_template")))
+        # lm-eval passes disable=False to its tqdm bars, which overrides TQDM_DISABLE: send them to a
+        # buffer (log records keep their own stream, so errors and warnings still show)
+        with contextlib.redirect_stderr(io.StringIO()):
+            res = lm_eval.simple_evaluate(model=_hflm(ctx), tasks=[name], task_manager=_manager(ctx),
+                                          limit=ctx.limit,
+                                          num_fewshot=o.get("num_fewshot"), log_samples=True,
+                                          random_seed=ctx.seed, numpy_random_seed=ctx.seed,
+                                          torch_random_seed=ctx.seed, fewshot_random_seed=ctx.seed,
+                                          bootstrap_iters=0, apply_chat_template=bool(o.get("chat_template")))
     except Exception as e:  # hub data offline, malformed YAML …
         if "Offline" in type(e).__name__ or "offline" in str(e).lower():
             raise UserError(f"lm-eval task {name}: its data is on the hub and this machine is offline; "
