@@ -161,6 +161,22 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
             assert agree == 1.0, key
 
 
+def test_torchrun_cli_run_equals_single_process_run(tmp_path, tiny_dir):
+    text = _write(tmp_path / "c.txt", "Le renard brun rapide saute par-dessus le chien paresseux. " * 40)
+    args = ["--model", str(tiny_dir("llama")), "--calibration-file", str(tmp_path / "c.txt"), "--nsamples", "4",
+            "--seqlen", "16"]
+    results = _launch(["-m", "polyprune", "prune"], [*args, "--out", str(tmp_path / "two")], 2, text)
+    assert all(rc == 0 for rc, _, _ in results), results[0][2][-2000:]
+    assert "achieved sparsity" in results[0][1] and "achieved sparsity" not in results[1][1]  # rank 0 reports
+    one = subprocess.run([sys.executable, "-m", "polyprune", "prune", *args, "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, env={**os.environ, "POLYPRUNE_PROGRESS": "0"})
+    assert one.returncode == 0, one.stderr[-2000:]
+    a, b = pp.load_masks(tmp_path / "two"), pp.load_masks(tmp_path / "one")
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in b)
+    rec = json.loads((tmp_path / "two" / "record.json").read_text())
+    assert rec["calibration"]["samples"] == 4  # the run's whole calibration, not one rank's share
+
+
 def test_more_ranks_than_samples_is_one_clear_error(tmp_path, tiny_dir):
     results = _launch(["-m", "polyprune", "prune"], ["--model", str(tiny_dir("llama")), "--calibration-file",
                                                      str(tmp_path / "c.txt"), "--nsamples", "1", "--seqlen", "8",
