@@ -68,6 +68,14 @@ def test_cuda_without_a_gpu_is_one_clear_error(monkeypatch):
         check_device("gpu0")
 
 
+def test_loading_for_cuda_without_a_gpu_is_one_clear_error(tiny_dir, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="no CUDA device is visible; use --device cpu"):
+        pp.load_model(str(tiny_dir("llama")), device="cuda")  # the evaluation load path
+    model, _ = pp.load_model(str(tiny_dir("llama")), device=None)
+    assert next(model.parameters()).device.type == "cpu" and next(model.parameters()).dtype == torch.float32
+
+
 def test_bf16_without_support_suggests_fp16_or_fp32(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla V100")
