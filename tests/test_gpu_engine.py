@@ -200,3 +200,14 @@ def test_more_ranks_than_samples_is_one_clear_error(tmp_path, tiny_dir):
 def _write(path, text):
     path.write_text(text)
     return path.parent
+
+
+def test_distributed_init_failure_is_one_clear_error(tiny_dir, tmp_path):
+    env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": "not-a-port", "POLYPRUNE_PROGRESS": "0"}
+    r = subprocess.run([sys.executable, "-m", "polyprune", "prune", "--model", str(tiny_dir("llama")), "--method",
+                        "magnitude", "--out", str(tmp_path / "r")], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "torch.distributed (gloo) initialisation failed" in r.stderr and "torchrun" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
