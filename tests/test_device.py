@@ -80,6 +80,8 @@ class NoCudaGuard(TorchFunctionMode):
     @staticmethod
     def _to(func, args, kwargs):
         t = args[0]
+        kwargs = dict(kwargs)
+        copy = kwargs.pop("copy", False)
         if func is torch.Tensor.to:
             device, dtype, _, _ = torch._C._nn._parse_to(*args[1:], **kwargs)
         else:
@@ -88,7 +90,7 @@ class NoCudaGuard(TorchFunctionMode):
         device = CUDA if device.type == "cuda" and device.index is None else device
         dtype = dtype or t.dtype
         if device == t.device and dtype == t.dtype:
-            return t
+            return t.clone() if copy else t
         if "cuda" in (device.type, t.device.type):
             return torch.empty(t.shape, dtype=dtype, device=device)
         return func(*args, **kwargs)
@@ -96,8 +98,14 @@ class NoCudaGuard(TorchFunctionMode):
 
 @pytest.fixture
 def fake_cuda():
-    with FakeTensorMode(), HostSyncs() as syncs, NoCudaGuard():
-        yield syncs
+    import logging
+    quiet = logging.getLogger("torch._subclasses.fake_tensor")
+    level, quiet.level = quiet.level, logging.CRITICAL  # it logs each refused call NoCudaGuard reruns
+    try:
+        with FakeTensorMode(), HostSyncs() as syncs, NoCudaGuard():
+            yield syncs
+    finally:
+        quiet.setLevel(level)
 
 
 def to_fake_cuda(module: torch.nn.Module) -> torch.nn.Module:

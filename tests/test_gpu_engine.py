@@ -68,6 +68,14 @@ def test_cuda_without_a_gpu_is_one_clear_error(monkeypatch):
         check_device("gpu0")
 
 
+def test_loading_for_cuda_without_a_gpu_is_one_clear_error(tiny_dir, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="no CUDA device is visible; use --device cpu"):
+        pp.load_model(str(tiny_dir("llama")), device="cuda")  # the evaluation load path
+    model, _ = pp.load_model(str(tiny_dir("llama")), device=None)
+    assert next(model.parameters()).device.type == "cpu" and next(model.parameters()).dtype == torch.float32
+
+
 def test_bf16_without_support_suggests_fp16_or_fp32(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla V100")
@@ -161,6 +169,22 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
             assert agree == 1.0, key
 
 
+def test_torchrun_cli_run_equals_single_process_run(tmp_path, tiny_dir):
+    text = _write(tmp_path / "c.txt", "Le renard brun rapide saute par-dessus le chien paresseux. " * 40)
+    args = ["--model", str(tiny_dir("llama")), "--calibration-file", str(tmp_path / "c.txt"), "--nsamples", "4",
+            "--seqlen", "16"]
+    results = _launch(["-m", "polyprune", "prune"], [*args, "--out", str(tmp_path / "two")], 2, text)
+    assert all(rc == 0 for rc, _, _ in results), results[0][2][-2000:]
+    assert "achieved sparsity" in results[0][1] and "achieved sparsity" not in results[1][1]  # rank 0 reports
+    one = subprocess.run([sys.executable, "-m", "polyprune", "prune", *args, "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, env={**os.environ, "POLYPRUNE_PROGRESS": "0"})
+    assert one.returncode == 0, one.stderr[-2000:]
+    a, b = pp.load_masks(tmp_path / "two"), pp.load_masks(tmp_path / "one")
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in b)
+    rec = json.loads((tmp_path / "two" / "record.json").read_text())
+    assert rec["calibration"]["samples"] == 4  # the run's whole calibration, not one rank's share
+
+
 def test_more_ranks_than_samples_is_one_clear_error(tmp_path, tiny_dir):
     results = _launch(["-m", "polyprune", "prune"], ["--model", str(tiny_dir("llama")), "--calibration-file",
                                                      str(tmp_path / "c.txt"), "--nsamples", "1", "--seqlen", "8",
@@ -176,3 +200,14 @@ def test_more_ranks_than_samples_is_one_clear_error(tmp_path, tiny_dir):
 def _write(path, text):
     path.write_text(text)
     return path.parent
+
+
+def test_distributed_init_failure_is_one_clear_error(tiny_dir, tmp_path):
+    env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": "not-a-port", "POLYPRUNE_PROGRESS": "0"}
+    r = subprocess.run([sys.executable, "-m", "polyprune", "prune", "--model", str(tiny_dir("llama")), "--method",
+                        "magnitude", "--out", str(tmp_path / "r")], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "torch.distributed (gloo) initialisation failed" in r.stderr and "torchrun" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()

@@ -64,9 +64,12 @@ def load_model(name: str, dtype: str | torch.dtype | None = None, device: str | 
                tokenizer=False):
     """Returns (model, tokenizer): ``AutoModelForCausalLM`` in eval mode, no grad. Pass an already
     loaded ``tokenizer`` (or ``None``) to skip loading it again. A run folder is rebuilt from its base
-    model + masks (+ kept values); a polyprune sparse archive is decompressed."""
+    model + masks (+ kept values); a polyprune sparse archive is decompressed. On CUDA the weights are
+    placed by accelerate's ``device_map="auto"``: spread over the visible GPUs, with CPU offload when
+    they do not fit (evaluation; pruning loads on the CPU and places layers itself, see polyprune.onload)."""
     from transformers import AutoConfig, AutoModelForCausalLM
     from .formats import is_archive, load_archive
+    from .onload import check_device, check_dtype
     from .run import is_run, load_run_or_model
     if Path(str(name)).is_dir() and is_run(name):
         model, tok, _ = load_run_or_model(str(name), dtype, device)
@@ -74,8 +77,8 @@ def load_model(name: str, dtype: str | torch.dtype | None = None, device: str | 
     if Path(str(name)).is_dir() and is_archive(name):
         return load_archive(name, dtype, device, tokenizer)
     path = resolve_model_path(name)
-    dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
+    dev = check_device(device)
+    dt = check_dtype(dtype, dev)
     try:
         config = AutoConfig.from_pretrained(path)
     except OSError as e:
@@ -83,11 +86,14 @@ def load_model(name: str, dtype: str | torch.dtype | None = None, device: str | 
     if type(config) not in AutoModelForCausalLM._model_mapping:
         raise UserError(f"model {name!r} ({getattr(config, 'model_type', type(config).__name__)}) is not a causal "
                         f"LM: give a decoder model that AutoModelForCausalLM can load")
+    spread = dev.type == "cuda" and (device in (None, "auto", "cuda") or torch.cuda.device_count() == 1)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dt)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dt, **({"device_map": "auto"} if spread else {}))
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from None
-    model.to(dev).eval()
+    if not spread:
+        model.to(dev)
+    model.eval()
     model.requires_grad_(False)
     tok = load_tokenizer(name) if tokenizer is False else tokenizer
     model.polyprune_source = name

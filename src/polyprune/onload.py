@@ -52,8 +52,9 @@ def check_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.
     from .model import resolve_dtype
     dt = resolve_dtype(dtype, device)
     if dt == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        if dtype in (None, "auto"):
-            return torch.float16  # the default only: an explicit bf16 request is refused below
+        if dtype in (None, "auto"):  # the default only: an explicit bf16 request is refused below
+            log.warning("%s has no bfloat16: computing in float16", torch.cuda.get_device_name(device))
+            return torch.float16
         raise UserError(f"{torch.cuda.get_device_name(device)} does not support bfloat16: use --dtype float16 "
                         f"or --dtype float32")
     return dt

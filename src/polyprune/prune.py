@@ -146,7 +146,7 @@ def prune(model: nn.Module, calibration: Any = None, method: str = "wanda", spar
             full = f"{path}.{i}.{mname}.weight"
             # the method runs where the weight is (the GPU when the layer is there); only masks, kept
             # values and method info come to the CPU, matrix by matrix
-            W = weight_matrix(mod).detach().to(torch.float32).clone()
+            W = weight_matrix(mod).detach().to(torch.float32, copy=True)  # one fp32 copy, also from bf16
             st = None
             if stats is not None:
                 st = stats[mname]

@@ -106,6 +106,9 @@ def prune(
     _validate_early(cfg)
     from ..pipeline import run_prune
     run_prune(cfg, out, force)
+    from ..distributed import rank
+    if rank() != 0:  # under torchrun only rank 0 writes (and reports) the run
+        return
     rec = json.loads((out / "record.json").read_text())
     typer.echo(f"{out}: {cfg.method} {rec['pattern']} achieved sparsity {rec['achieved_sparsity']:.4f} "
                f"in {rec['timings_s']['total']:.1f}s")
