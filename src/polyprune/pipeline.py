@@ -89,9 +89,6 @@ def run_prune(cfg: RunConfig, out: str | Path, force: bool = False) -> Path:
         # calibration first: its bad input (unknown language, missing file) fails before the weights load
         tok = load_tokenizer(cfg.model)
         cal = build_run_calibration(cfg, tok)
-        if cal is not None:
-            log.info("calibration: %d samples, %d tokens", len(cal.samples), sum(x.n_tokens for x in cal.samples))
-        log.info("loading %s", cfg.model)
         model, tok = load_model(cfg.model, cfg.dtype, cfg.device, tokenizer=tok)
         masks = prune_with_config(model, cal, cfg)
         write_run(tmp, cfg, masks, cal, tok, model)
