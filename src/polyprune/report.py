@@ -504,7 +504,10 @@ def figure_bars(table: Table, model: str, folder: Path) -> list[Path]:
         ax.set_ylabel(table.metric + (" (log scale)" if log_scale else ""), fontsize=8)
         if log_scale:
             ax.set_yscale("log")
-            ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            lo, hi = ax.get_ylim()
+            decades = math.log10(hi / lo) if lo > 0 else 9.0  # about 3-6 plain labels per axis
+            subs = (1.0, 2.0, 5.0) if decades <= 1.6 else (1.0, 3.0) if decades <= 3 else (1.0,)
+            ax.yaxis.set_major_locator(LogLocator(base=10, subs=subs))
             ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             ax.yaxis.set_minor_formatter(NullFormatter())
         ax.grid(axis="y", alpha=0.3)

@@ -184,10 +184,10 @@ def _plot_lape(out, runs, langs, dense_rows, rows, n_layers, opts) -> None:
             "share of the language's neurons no longer specific to it", fmt="{:.2f}", cmap="Reds", vmin=0, vmax=1)
     axes[0].set_title("Language-specific neurons lost by pruning")
     heatmap(axes[1], [[val[(r.key, lang)]["mean_pruned_weight_share"] for lang in langs] for r in runs],
-            [r.label for r in runs], [lang_name(x) for x in langs],
-            "mean share of the neurons' weights pruned", fmt="{:.3f}", cmap="Purples")
+            [r.label for r in runs], [f"{lang_name(x)} ({val[(runs[0].key, x)]['neurons']})" for x in langs],
+            "mean share of the neurons' weights pruned", fmt="{:.3f}", cmap="Purples", vmin=0, vmax=1)
     axes[1].set_title("Weights pruned from language-specific neurons")
-    for a in axes:
+    for a in axes:  # both shares on the same 0–1 scale, so equal colours mean equal shares
         a.set_xlabel("neurons of language (count)")
     axes[0].set_ylabel("calibration")
     fig.tight_layout()

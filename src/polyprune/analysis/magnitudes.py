@@ -230,6 +230,7 @@ def _plot_magnitudes(out, mats, labels, trans, quad_rows, per_run, runs, layers,
         ax.plot(xs, ys, marker="o", ms=3, label=names[q])
     ax.set_xlabel("decoder layer")
     ax.set_ylabel("mean overlap ratio (off-diagonal)")
+    ax.set_ylim(bottom=0.0)  # a ratio: never below 0, so no negative range even when every value is 0
     ax.set_title(f"Quadrant averages of the top-/bottom-{pct}% overlap ({module})")
     ax.grid(alpha=0.3)
     integer_xaxis(ax)

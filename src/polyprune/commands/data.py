@@ -46,6 +46,6 @@ def languages(
     typer.echo("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths)).rstrip())
     for x in cells:
         typer.echo("  ".join(v.ljust(w) for v, w in zip(x, widths)).rstrip())
-    where = f"in {d}" if d else "on the hub (no --data-dir / POLYPRUNE_DATA_DIR)"
+    where = f"in {d}" if d else "on the hub (no local data folder: --data-dir, POLYPRUNE_DATA_DIR, ../shared/data)"
     n_flores = sum(r["flores"] == "yes" for r in rows)
     typer.echo(f"{len(rows)} languages {where}" + (f"; FLORES-200 devtest for {n_flores}" if d else ""))

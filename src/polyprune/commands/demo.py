@@ -40,8 +40,7 @@ def demo_cmd(
     rep = run_demo(out, data_dir, model, nsamples, seqlen, limit)
     console = Console()
     if rep["table"] is not None:
-        console.print(table_rich(rep["table"], title="Perplexity per evaluation language (rows: method · "
-                                                     "calibration language) — lower is better"))
+        console.print(table_rich(rep["table"], title="Perplexity per evaluation language (lower is better)"))
     s = rep["summary"]
     figs = [p for p in rep["figures"] if p.suffix == ".png"]
     typer.echo(f"{s.done} cells run, {s.skipped} reused, {len(s.failed)} failed in "

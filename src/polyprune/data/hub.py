@@ -26,6 +26,8 @@ def offline_var() -> str | None:
 def hub_reachable(endpoint: str | None = None, timeout: float = CONNECT_TIMEOUT_S) -> bool:
     """Whether a TCP connection to the hub opens within ``timeout`` seconds (name lookup included,
     in a daemon thread, since lookups ignore socket timeouts); cached per process."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")):
+        return True  # behind a proxy a direct connection proves nothing: leave it to the hub client
     url = urlparse(endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
     key = f"{host}:{port}"
