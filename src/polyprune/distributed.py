@@ -54,7 +54,7 @@ def init_from_env(device: torch.device, timeout_s: float = 600) -> bool:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(f"torch.distributed ({backend}) initialisation failed: {first}: start every rank with "
                         f"torchrun and check MASTER_ADDR / MASTER_PORT") from None
-    log.info("rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), backend)
+    log.debug("rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), backend)
     return active()
 
 

@@ -122,9 +122,9 @@ def run_prune(cfg: RunConfig, out: str | Path, force: bool = False) -> Path:
     from .onload import check_device, check_dtype
     out = Path(out)
     get_method(cfg.method)  # fail fast on bad input, before loading anything
-    check_positions(cfg)
     from .stream import run_prune_streaming, should_stream
     if should_stream(cfg.offload, cfg.max_memory, cfg.model, cfg.dtype):
+        check_positions(cfg)
         return run_prune_streaming(cfg, out, force)
     device = check_device(cfg.device)
     dtype = check_dtype(cfg.dtype, device)
@@ -133,6 +133,7 @@ def run_prune(cfg: RunConfig, out: str | Path, force: bool = False) -> Path:
     if distributed.rank() != 0:  # the other ranks calibrate and prune alongside; rank 0 writes the run
         tok = load_tokenizer(cfg.model)
         cal = build_run_calibration(cfg, tok)
+        check_positions(cfg)
         model, tok = load_model(cfg.model, dtype, "cpu", tokenizer=tok)
         prune_with_config(model, cal, cfg, **place_for_config(model, cal, cfg, device))
         return out
@@ -140,6 +141,7 @@ def run_prune(cfg: RunConfig, out: str | Path, force: bool = False) -> Path:
         # calibration first: its bad input (unknown language, missing file) fails before the weights load
         tok = load_tokenizer(cfg.model)
         cal = build_run_calibration(cfg, tok)
+        check_positions(cfg)
         model, tok = load_model(cfg.model, dtype, "cpu", tokenizer=tok)  # placed on the device below
         masks = prune_with_config(model, cal, cfg, **place_for_config(model, cal, cfg, device))
         write_run(tmp, cfg, masks, cal, tok, model)
