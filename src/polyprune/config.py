@@ -57,7 +57,7 @@ class RunConfig(Strict):
     offload: bool = False  # stream decoder layers from the safetensors checkpoint (polyprune.stream)
     max_memory: str | None = None  # stream when the model would not fit, e.g. "4GB"
     activation_dtype: str | None = None  # storage dtype of hidden states between layers, e.g. bfloat16
-    base_hash: str | None = None  # sha256 of the base checkpoint's weight files, recorded at prune time
+    base_hash: str | None = None  # sha256 over the base checkpoint's tensors, recorded at prune time
 
 
 def validate_config(data: dict, what: str = "config") -> RunConfig:

@@ -190,8 +190,9 @@ def _run_sources(run: Path):
     if (run / "model").is_dir():
         return Checkpoint(run / "model"), True, run / "model", cfg
     src = base_folder(cfg.model)
-    if src is None:
-        raise UserError(f"base model {cfg.model} of {run} is not available locally: download it first")
+    if src is None:  # a hub id not in the local cache: fetched (safetensors + configs) as streaming does
+        from .stream import local_checkpoint
+        src = local_checkpoint(cfg.model)
     check_base(cfg, run, src)
     return Checkpoint(src), False, src, cfg
 
