@@ -207,7 +207,7 @@ def test_model_card_of_a_run_with_two_evaluations(tiny_dir, tmp_path, data_dir):
     run_eval(str(run), "perplexity", ["fra_Latn", "deu_Latn"], None, data_dir, 3)
     run_eval(str(run), "xnli", ["fr", "sw"], None, data_dir, 3)
     run_eval(str(tiny_dir("llama")), "perplexity", ["fra_Latn", "deu_Latn"], run / "results" / "dense", data_dir, 3)
-    export_compressed(run, tmp_path / "x")
+    export_compressed(run, tmp_path / "x", dtype="bfloat16")
     text = (tmp_path / "x" / "README.md").read_text()
     head, body = text.split("---\n", 2)[1:]
     front = yaml.safe_load(head)
@@ -227,6 +227,7 @@ def test_model_card_of_a_run_with_two_evaluations(tiny_dir, tmp_path, data_dir):
     assert "| 0 | 0.5 | 0.5 | 0.5 |" in body and "| 1 | 0.5 | 0.5 | 0.5 |" in body  # per-layer sparsity
     assert (f"polyprune prune --model {tiny_dir('llama')} --method wanda --sparsity 0.5 --calibration monolingual "
             f"--lang fra_Latn,deu_Latn --data-dir {data_dir} --nsamples 2 --seqlen 16 --seed 0 --out RUN") in body
+    assert "polyprune export RUN --format dense --dtype bfloat16 --out OUT" in body
     assert "exported with polyprune 0.1.0" in body
     (tmp_path / "card.md").write_text(text)  # for a look by eye
 

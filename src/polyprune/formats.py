@@ -300,7 +300,7 @@ def export_compressed(run: str | Path, out: str | Path, fmt: str = "auto", *, dt
             report = _write_dense(run, tmp, ckpt, out_dtype)
         else:
             report = _write_tensors(tmp, chosen, ckpt, final, src, mf, mask_names, quant, out_dtype, run, is24)
-        report.update({"format": chosen, "source": str(src), "matrices": len(mask_names)})
+        report.update({"format": chosen, "source": str(src), "matrices": len(mask_names), "dtype": dtype})
         sizes = dense_sizes(ckpt)
         report["dense_fp32_bytes"], report["dense_bf16_bytes"] = sizes["fp32"], sizes["bf16"]
         report["on_disk_bytes"] = sum(f.stat().st_size for f in tmp.rglob("*.safetensors"))
