@@ -207,7 +207,7 @@ def test_model_card_of_a_run_with_two_evaluations(tiny_dir, tmp_path, data_dir):
     run_eval(str(run), "perplexity", ["fra_Latn", "deu_Latn"], None, data_dir, 3)
     run_eval(str(run), "xnli", ["fr", "sw"], None, data_dir, 3)
     run_eval(str(tiny_dir("llama")), "perplexity", ["fra_Latn", "deu_Latn"], run / "results" / "dense", data_dir, 3)
-    export_compressed(run, tmp_path / "x")
+    export_compressed(run, tmp_path / "x", dtype="bfloat16")
     text = (tmp_path / "x" / "README.md").read_text()
     head, body = text.split("---\n", 2)[1:]
     front = yaml.safe_load(head)
@@ -227,6 +227,7 @@ def test_model_card_of_a_run_with_two_evaluations(tiny_dir, tmp_path, data_dir):
     assert "| 0 | 0.5 | 0.5 | 0.5 |" in body and "| 1 | 0.5 | 0.5 | 0.5 |" in body  # per-layer sparsity
     assert (f"polyprune prune --model {tiny_dir('llama')} --method wanda --sparsity 0.5 --calibration monolingual "
             f"--lang fra_Latn,deu_Latn --data-dir {data_dir} --nsamples 2 --seqlen 16 --seed 0 --out RUN") in body
+    assert "polyprune export RUN --format dense --dtype bfloat16 --out OUT" in body
     assert "exported with polyprune 0.1.0" in body
     (tmp_path / "card.md").write_text(text)  # for a look by eye
 
@@ -243,3 +244,33 @@ def test_streamed_run_exports_the_same_checkpoint(tiny_dir, tmp_path):
     export_compressed(streamed, tmp_path / "b")
     a, b = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_card_finds_the_dense_cell_of_a_grid(tmp_path):
+    from polyprune.card import dense_results
+    grid = tmp_path / "grid"
+    res = {"task": "perplexity", "primary": {"metric": "ppl", "per_lang": {"fra_Latn": 12.5}, "average": 12.5},
+           "metrics": {"fra_Latn": {"ppl": 12.5}}}
+    for cell, kind, model, done in (("dense-a", "dense", "other", True), ("dense-b", "dense", "m", False),
+                                    ("dense-c", "dense", "m", True), ("wanda-d", "prune", "m", True)):
+        (grid / cell / "results").mkdir(parents=True)
+        (grid / cell / "cell.json").write_text(json.dumps({"kind": kind, "config": {"model": model}}))
+        (grid / cell / "results" / "perplexity.json").write_text(json.dumps({**res, "cell": cell}))
+        if done:
+            (grid / cell / "DONE").write_text("{}")
+    # the finished dense cell of the same model, not another model's nor an unfinished one
+    assert dense_results(grid / "wanda-d", "m")["perplexity"]["cell"] == "dense-c"
+    assert dense_results(grid / "wanda-d", "nope") == {}
+
+
+def test_eval_reads_an_archive(tiny_dir, tmp_path, data_dir):
+    run = make_run(tiny_dir, tmp_path, "run", "sparsegpt")
+    export_compressed(run, tmp_path / "a", "sparse-bitmask")
+    outs = []
+    for target, out in ((tmp_path / "a", tmp_path / "ra"), (run, None)):
+        r = subprocess.run([sys.executable, "-m", "polyprune", "eval", str(target), "--task", "perplexity", "--lang",
+                            "fra_Latn", "--limit", "2", "--data-dir", str(data_dir)]
+                           + (["--out", str(out)] if out else []), capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+        outs.append(json.loads(((out or run / "results") / "perplexity.json").read_text())["primary"]["per_lang"])
+    assert outs[0] == outs[1]  # the archive evaluates as the run it came from

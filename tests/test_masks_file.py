@@ -115,12 +115,27 @@ def test_base_hash_recorded_checked_and_optional(tiny_dir, tmp_path, caplog):
     run = run_prune(validate_config({"model": str(base), "method": "magnitude"}), tmp_path / "run")
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     import hashlib
-    want = "sha256:" + hashlib.sha256(b"model.safetensors\0" + (base / "model.safetensors").read_bytes()).hexdigest()
+    from safetensors.torch import load_file
+    h = hashlib.sha256()  # by hand: name, dtype, shape and bytes of every tensor, in name order
+    for name, t in sorted(load_file(str(base / "model.safetensors")).items()):
+        h.update(json.dumps([name, "F32", list(t.shape)]).encode() + t.contiguous().numpy().tobytes())
+    want = "sha256:" + h.hexdigest()
     assert cfg["base_hash"] == want == base_hash(base)
+    # the same tensors re-saved in another file layout (two shards + index): the same hash
+    import shutil as sh
+    resharded = tmp_path / "resharded"
+    sh.copytree(base, resharded)
+    (resharded / "model.safetensors").unlink()
+    sd = load_file(str(base / "model.safetensors"))
+    names = sorted(sd)
+    save_file({k: sd[k] for k in names[:5]}, str(resharded / "a.safetensors"))
+    save_file({k: sd[k] for k in names[5:]}, str(resharded / "b.safetensors"), metadata={"format": "pt"})
+    (resharded / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {k: "a.safetensors" if i < 5 else "b.safetensors" for i, k in enumerate(names)}}))
+    assert base_hash(resharded) == want
     model, tok = pp.load_model(str(run))  # a run folder by name: base × masks
     name = "model.layers.0.self_attn.q_proj.weight"
     q, m = model.state_dict()[name], load_masks(run)[name]
-    from safetensors.torch import load_file
     assert 0.4 < float(m.float().mean()) < 0.6 and torch.equal(q, load_file(str(base / "model.safetensors"))[name] * m)
     # the base changes: the CLI names both hashes, exit 2, one line
     from safetensors.torch import load_file

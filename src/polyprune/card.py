@@ -216,7 +216,8 @@ def render_card(run: Path, cfg, fmt: str, report: dict) -> str:
                 + ("; dense baseline from the same evaluation of the base model." if d else "; no dense baseline found."),
                 "", result_table(r, d), ""]
     out += ["## Reproduce", "", "```bash", reproduce_command(cfg),
-            f"polyprune export RUN --format {fmt} --out OUT", "```", "",
+            f"polyprune export RUN --format {fmt}" + (f" --dtype {report['dtype']}" if report.get("dtype") else "")
+            + " --out OUT", "```", "",
             "Pruned with " + ", ".join(f"{k} {v}" for k, v in versions_of(run).items()) + "; "
             f"exported with polyprune {polyprune.__version__}.", ""]
     return "\n".join(out).rstrip() + "\n"

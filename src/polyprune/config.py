@@ -74,7 +74,7 @@ class RunConfig(Strict):
     activation_dtype: str | None = None  # storage dtype of hidden states between layers, e.g. bfloat16
     activation_device: str | None = None  # where hidden states wait between layers: auto (None), cpu, cuda
     onload: str = "auto"  # GPU runs: move one decoder layer at a time to the device (auto, always, never)
-    base_hash: str | None = None  # sha256 of the base checkpoint's weight files, recorded at prune time
+    base_hash: str | None = None  # sha256 over the base checkpoint's tensors, recorded at prune time
 
 
 def validate_config(data: dict, what: str = "config") -> RunConfig:

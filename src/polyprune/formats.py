@@ -190,8 +190,9 @@ def _run_sources(run: Path):
     if (run / "model").is_dir():
         return Checkpoint(run / "model"), True, run / "model", cfg
     src = base_folder(cfg.model)
-    if src is None:
-        raise UserError(f"base model {cfg.model} of {run} is not available locally: download it first")
+    if src is None:  # a hub id not in the local cache: fetched (safetensors + configs) as streaming does
+        from .stream import local_checkpoint
+        src = local_checkpoint(cfg.model)
     check_base(cfg, run, src)
     return Checkpoint(src), False, src, cfg
 
@@ -299,7 +300,7 @@ def export_compressed(run: str | Path, out: str | Path, fmt: str = "auto", *, dt
             report = _write_dense(run, tmp, ckpt, out_dtype)
         else:
             report = _write_tensors(tmp, chosen, ckpt, final, src, mf, mask_names, quant, out_dtype, run, is24)
-        report.update({"format": chosen, "source": str(src), "matrices": len(mask_names)})
+        report.update({"format": chosen, "source": str(src), "matrices": len(mask_names), "dtype": dtype})
         sizes = dense_sizes(ckpt)
         report["dense_fp32_bytes"], report["dense_bf16_bytes"] = sizes["fp32"], sizes["bf16"]
         report["on_disk_bytes"] = sum(f.stat().st_size for f in tmp.rglob("*.safetensors"))

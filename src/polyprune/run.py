@@ -107,22 +107,34 @@ def mask_metadata_of(cfg: RunConfig) -> dict[str, str]:
 
 
 def base_hash(folder: str | Path) -> str | None:
-    """``sha256:<hex>`` over the base checkpoint's weight files (names and bytes, in name order), so a
-    run rebuilt from base + masks can tell that its base changed; ``None`` without local weights."""
+    """``sha256:<hex>`` of the base checkpoint's tensors (name, dtype, shape and bytes of each, in
+    name order), so a run rebuilt from base + masks can tell that its base changed; the file layout
+    (sharding, header order, metadata) does not enter it. ``None`` without local safetensors."""
     import hashlib
     from .stream import Checkpoint
     try:
-        files = sorted({e[0] for e in Checkpoint(folder).entries.values()})
+        ckpt = Checkpoint(folder)
     except UserError:
         return None
+    files = sorted({e[0] for e in ckpt.entries.values()})
     key = tuple((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
     if key not in _HASHES:  # one read per unchanged checkpoint and process (grids prune one base many times)
         h = hashlib.sha256()
-        for f in files:
-            h.update(f.name.encode() + b"\0")
-            with open(f, "rb") as fh:
-                while chunk := fh.read(16 << 20):
+        handles = {f: open(f, "rb") for f in files}
+        try:
+            for name in sorted(ckpt.entries):
+                path, code, shape, start, end = ckpt.entries[name]
+                h.update(json.dumps([name, code, list(shape)]).encode())
+                fh = handles[path]
+                fh.seek(start)
+                left = end - start
+                while left:
+                    chunk = fh.read(min(16 << 20, left))
                     h.update(chunk)
+                    left -= len(chunk)
+        finally:
+            for fh in handles.values():
+                fh.close()
         _HASHES[key] = "sha256:" + h.hexdigest()
     return _HASHES[key]
 
