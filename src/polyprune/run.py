@@ -103,7 +103,7 @@ def swap_in(tmp: Path, folder: Path) -> None:
 
 def write_run(folder: Path, cfg: RunConfig, masks, calibration=None, tokenizer=None, model=None) -> None:
     """Write the run artifacts into ``folder`` (normally a staged temp folder)."""
-    from safetensors.torch import save_file
+    save_file = _io.save_safetensors
     folder.mkdir(parents=True, exist_ok=True)
     data = cfg.model_dump(mode="json")
     data["versions"] = versions()
@@ -113,11 +113,11 @@ def write_run(folder: Path, cfg: RunConfig, masks, calibration=None, tokenizer=N
     weights = getattr(masks, "weights", {}) or {}
     if weights:  # only the kept values: W[mask] in row-major order
         save_file({k: v[masks[k]].contiguous() for k, v in sorted(weights.items())},
-                  str(folder / "weights.safetensors"), metadata={"format": "polyprune-kept-values"})
+                  folder / "weights.safetensors", metadata={"format": "polyprune-kept-values"})
     perms = getattr(masks, "permutations", {}) or {}
     if perms:  # mask[:, perm] is N:M; apply x[..., perm] with W[:, perm] at inference
         save_file({k: v.to(torch.long).contiguous() for k, v in sorted(perms.items())},
-                  str(folder / "permutations.safetensors"), metadata={"format": "polyprune-input-permutations"})
+                  folder / "permutations.safetensors", metadata={"format": "polyprune-input-permutations"})
     info = {k: v for k, v in (getattr(masks, "info", {}) or {}).items() if k in masks}
     if info:  # per-matrix method info with tensors (e.g. GPTQ scales / zero points) for exporters
         from .formats import save_method_info
@@ -126,7 +126,7 @@ def write_run(folder: Path, cfg: RunConfig, masks, calibration=None, tokenizer=N
     if stats:
         flat = {f"{p}::{s}::{k}": t.contiguous() for p, per in stats.items() for s, d in per.items()
                 for k, t in d.items()}
-        save_file(flat, str(folder / "stats.safetensors"))
+        save_file(flat, folder / "stats.safetensors")
     if calibration is not None:
         calibration.write_jsonl(folder / "calibration.jsonl", tokenizer)
     record = dict(getattr(masks, "record", {}) or {})
