@@ -678,3 +678,48 @@ def test_two_concurrent_grids_on_one_folder_leave_every_cell_complete(tiny_dir, 
         files = json.loads((f / "DONE").read_text())["files"]
         assert {"cell.json", "masks.safetensors", "config.yaml"} <= set(files) or c.kind == "dense"
     assert dot_entries(out) == []
+
+
+# ------------------------------------------------------------------- more damaged artifacts
+def test_damaged_kept_weights_are_one_line(ref_run, tmp_path, cli):
+    import shutil
+    _, run, _ = ref_run
+    mine = tmp_path / "run"
+    shutil.copytree(run, mine)
+    w = mine / "weights.safetensors"
+    w.write_bytes(w.read_bytes()[:100])
+    r = cli("apply", "--masks", mine, "--out", tmp_path / "applied")
+    one_line_exit_2(r)
+    assert "weights.safetensors is damaged" in r.stderr and not (tmp_path / "applied").exists()
+    assert dot_entries(tmp_path) == []
+
+
+def test_damaged_grid_json_is_one_line(tmp_path, cli):
+    g = tmp_path / "g.yaml"
+    g.write_text("name: t\ndense: false\naxes: {methods: [magnitude]}\n")
+    out = tmp_path / "runs"
+    out.mkdir()
+    (out / "grid.json").write_bytes(b"\x00{trunc")
+    (out / "some-cell").mkdir()
+    r = cli("run", g, "--out", out, "--in-process")
+    one_line_exit_2(r)
+    assert "grid.json is unreadable" in r.stderr
+
+
+def test_report_skips_a_folder_with_a_damaged_cell_json(tmp_path, monkeypatch):
+    calls = []
+    g = _fake_cell_grid(monkeypatch, calls)
+    run_grid(g, tmp_path / "runs", in_process=True, show=False)
+    (tmp_path / "runs" / "grid.json").unlink()  # a plain folder of run folders
+    (tmp_path / "runs" / g.cells[0].dirname / "cell.json").write_text("{trunc")
+    from polyprune.report import collect
+    assert {e.folder.name for e in collect(tmp_path / "runs")} == {g.cells[1].dirname}
+
+
+def test_grid_out_that_cannot_be_created_is_one_line(tmp_path, cli):
+    g = tmp_path / "g.yaml"
+    g.write_text("name: t\ndense: false\naxes: {methods: [magnitude]}\n")
+    (tmp_path / "afile").write_text("x")
+    r = cli("run", g, "--out", tmp_path / "afile" / "runs", "--in-process")
+    one_line_exit_2(r)
+    assert "Not a directory" in r.stderr and str(tmp_path / "afile") in r.stderr

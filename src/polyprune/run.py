@@ -161,9 +161,17 @@ def read_config(path: str | Path) -> RunConfig:
 
 
 def load_kept_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The kept values of a weight-updating method (empty when the run has none); a damaged file is
+    a one-line error, never a traceback."""
     from safetensors.torch import load_file
     f = Path(path) / "weights.safetensors"
-    return load_file(str(f)) if f.is_file() else {}
+    if not f.is_file():
+        return {}
+    try:
+        return load_file(str(f))
+    except Exception as e:  # noqa: BLE001  (SafetensorError: truncated or not safetensors)
+        raise UserError(f"{f} is damaged ({str(e).splitlines()[0] if str(e) else type(e).__name__}): "
+                        f"re-run the prune") from None
 
 
 def apply_run(model, path: str | Path) -> None:
@@ -175,8 +183,11 @@ def apply_run(model, path: str | Path) -> None:
         params = dict(model.named_parameters())
         with torch.no_grad():
             for name, values in kept.items():
-                p = params[name]
-                m = masks[name].to(p.device)
+                p = params.get(name)
+                m = masks[name].to(p.device) if p is not None and name in masks else None
+                if m is None or values.numel() != int(m.sum()):
+                    raise UserError(f"{Path(path) / 'weights.safetensors'}: {name} does not fit the masks or the "
+                                    f"model: re-run the prune")
                 p.data[m] = values.to(device=p.device, dtype=p.dtype)
 
 
