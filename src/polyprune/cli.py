@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
         hf_logging.set_verbosity_error()
     except ImportError:
         pass
-    _terminate_as_interrupt()
+    previous = _terminate_as_interrupt()
     try:
         app(args=argv)
     except UserError as e:
@@ -60,6 +60,10 @@ def main(argv: list[str] | None = None) -> None:
         if ki is None:
             raise
         _interrupted(ki)
+    finally:
+        if previous is not None:  # embedded use (tests): leave the caller's handler as it was
+            import signal
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _interrupt_in(e: BaseException) -> KeyboardInterrupt | None:
@@ -78,8 +82,9 @@ def _interrupted(e: KeyboardInterrupt) -> None:
     sys.exit(130)
 
 
-def _terminate_as_interrupt() -> None:
-    """SIGTERM unwinds like Ctrl-C, so staging folders are removed and locks released."""
+def _terminate_as_interrupt():
+    """SIGTERM unwinds like Ctrl-C, so staging folders are removed and locks released; returns the
+    previous handler (None when none could be set)."""
     import signal
 
     seen = []
@@ -90,9 +95,9 @@ def _terminate_as_interrupt() -> None:
         seen.append(signum)
         raise KeyboardInterrupt
     try:
-        signal.signal(signal.SIGTERM, handler)
+        return signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread (embedded use): keep the default
-        pass
+        return None
 
 
 def fail(message: str) -> None:
