@@ -152,9 +152,10 @@ def test_grid_names_that_become_paths_are_contained(field, where):
         grid_from_dict(g, check_registries=False)
 
 
-def test_grid_name_without_out_stays_under_runs(tmp_path):
+def test_grid_name_without_out_stays_under_runs(tmp_path, cli, monkeypatch):
     (tmp_path / "g.yaml").write_text("name: ../../escaped\naxes: {methods: [magnitude]}\n")
-    r = run_cli("run", "g.yaml", "--dry-run", cwd=tmp_path)
+    monkeypatch.chdir(tmp_path)
+    r = cli("run", "g.yaml", "--dry-run")
     one_line_exit_2(r)
     assert "grid name" in r.stderr and "path separator" in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.yaml"] and not (tmp_path.parent / "escaped").exists()
@@ -546,7 +547,7 @@ def _tiny_grid(tmp_path, tiny_dir, calfile, data_dir=None, nsamples=4) -> Path:
 
 
 def test_sigint_of_a_grid_marks_the_cell_interrupted_and_rerun_finishes(tiny_dir, calfile, tmp_path):
-    gp = _tiny_grid(tmp_path, tiny_dir, calfile, nsamples=16)
+    gp = _tiny_grid(tmp_path, tiny_dir, calfile)
     out = tmp_path / "runs"
     p = spawn("run", gp, "--out", out, "--no-report")  # each cell in its own process
     assert wait_for(lambda: len(list(out.glob("*/DONE"))) >= 1 and len(list(out.glob("logs/*.log"))) >= 2, proc=p)
@@ -564,7 +565,7 @@ def test_sigint_of_a_grid_marks_the_cell_interrupted_and_rerun_finishes(tiny_dir
     assert "interrupted" in states.values() and not [d for d in states.values() if d == "failed"]
     assert not any((out / d / "error.json").exists() for d in states)
     assert sum(v == "done" for v in states.values()) >= 1 and f"{sum(v == 'done' for v in states.values())} cell" in last
-    r = run_cli("run", gp, "--out", out, "--no-report")
+    r = run_cli("run", gp, "--out", out, "--no-report", "--in-process")
     assert r.returncode == 0, r.stderr
     assert all(is_done(out / c.dirname) for c in g.cells) and dot_entries(out) == []
 
