@@ -33,7 +33,7 @@ TEXT = ("The committee met on Tuesday to discuss the budget. " * 40
         + "Le comité s'est réuni mardi pour discuter du budget. " * 40)
 
 
-# ------------------------------------------------------------------------------------- helpers
+# ------------------------------------------------------------------------------------- plumbing
 @pytest.fixture(scope="module")
 def calfile(tmp_path_factory) -> Path:
     p = tmp_path_factory.mktemp("cal") / "cal.txt"
