@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.stdout.reconfigure(line_buffering=True)  # type: ignore[attr-defined]
         except (AttributeError, ValueError):
             pass
-    _terminate_as_interrupt()
+    previous = _terminate_as_interrupt()
     try:
         app(args=argv, prog_name="polyprune")
     except UserError as e:
@@ -62,6 +62,10 @@ def main(argv: list[str] | None = None) -> None:
         if ki is None:
             raise
         _interrupted(ki)
+    finally:
+        if previous is not None:  # embedded use (tests): leave the caller's handler as it was
+            import signal
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _interrupt_in(e: BaseException) -> KeyboardInterrupt | None:
@@ -80,8 +84,9 @@ def _interrupted(e: KeyboardInterrupt) -> None:
     sys.exit(130)
 
 
-def _terminate_as_interrupt() -> None:
-    """SIGTERM unwinds like Ctrl-C, so staging folders are removed and locks released."""
+def _terminate_as_interrupt():
+    """SIGTERM unwinds like Ctrl-C, so staging folders are removed and locks released; returns the
+    previous handler (None when none could be set)."""
     import signal
 
     seen = []
@@ -92,9 +97,9 @@ def _terminate_as_interrupt() -> None:
         seen.append(signum)
         raise KeyboardInterrupt
     try:
-        signal.signal(signal.SIGTERM, handler)
+        return signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread (embedded use): keep the default
-        pass
+        return None
 
 
 def examples(*commands: str) -> str:

@@ -23,9 +23,15 @@ Cells are the product of the axes; methods that use no calibration data (magnitu
 the calibration axis, so identical cells collapse into one. Each cell is the folder
 ``<slug>-<hash>`` where the hash covers the resolved run config and its evaluations (paths and
 devices excluded, default values omitted). A cell is built in a hidden temp folder beside it and
-renamed into place with a ``DONE`` record written last: a folder with ``DONE`` is finished and
-never touched again; anything else is redone from scratch. A failed cell keeps ``cell.json`` and
-``error.json`` and the grid goes on.
+renamed into place with a ``DONE`` record written last, holding the manifest (name, size, sha256)
+of every file: a folder whose ``DONE`` matches the disk is finished and never touched again;
+anything else (a damaged artifact included, with a warning) is redone from scratch. A failed cell
+keeps ``cell.json`` and ``error.json`` and the grid goes on; an interrupted one keeps ``cell.json``
+and ``interrupted.json`` and is redone on the next run.
+
+Several grid processes may share one folder: a worker claims a cell with a ``filelock`` lock
+(``.<cell>.lock`` beside it) before touching it, so each cell is computed by one process while
+the others pass over it ("busy"); the OS drops the lock of a killed process.
 """
 from __future__ import annotations
 
@@ -871,6 +877,21 @@ def prepare_out(grid: Grid, out: Path) -> None:
     write_json(gj, fp)
 
 
+def sweep_leftovers(grid: Grid, out: Path) -> None:
+    """Remove what killed processes left beside cells (a stale lock, a swapped-out folder), also
+    beside finished cells that no run claims again; cells owned by a live process are left alone."""
+    names = {p.name for p in Path(out).iterdir() if p.name.startswith(".")}
+    if not names:
+        return
+    for c in grid.cells:
+        if any(n.startswith(f".{c.dirname}.") for n in names):
+            folder = Path(out) / c.dirname
+            lock = _io.try_own(folder)
+            if lock is not None:
+                clean_stale(folder)
+                _io.release(lock, folder)
+
+
 def run_grid(grid: Grid, out: str | Path, *, workers: int = 1, ray: str | None = None,
              data_dir: str | None = None, in_process: bool = False, show: bool = True) -> GridSummary:
     """Execute every unfinished cell of ``grid`` under ``out``; finished cells are reused.
@@ -882,6 +903,7 @@ def run_grid(grid: Grid, out: str | Path, *, workers: int = 1, ray: str | None =
     if workers < 1:
         raise UserError(f"--workers {workers}: give at least 1")
     prepare_out(grid, out)
+    sweep_leftovers(grid, out)
     data_dir = data_dir or grid.spec.data_dir
     t0 = time.perf_counter()
     pending = [c for c in grid.cells if not is_done(out / c.dirname)]

@@ -78,6 +78,23 @@ def with_path(e: OSError, path: str | Path) -> OSError:
     return e
 
 
+def save_safetensors(tensors: dict, path: str | Path, metadata: dict | None = None) -> None:
+    """``safetensors.torch.save_file``, whose I/O failures (a Rust error naming ``os error N``) become
+    the OSError they are, naming ``path``."""
+    import re
+    from safetensors.torch import save_file
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except OSError as e:
+        raise with_path(e, path) from None
+    except Exception as e:  # noqa: BLE001  (SafetensorError is not an OSError)
+        m = re.search(r"os error (\d+)", str(e))
+        if not m:
+            raise
+        code = int(m.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from None
+
+
 def os_error_line(e: OSError) -> str:
     """One line for an OS error: what, where, and how to fix it."""
     code = e.errno
@@ -86,7 +103,8 @@ def os_error_line(e: OSError) -> str:
     if getattr(e, "filename2", None):
         where += f" → {e.filename2}"
     fix = _FIX.get(code, "check the path")
-    return f"cannot write or read{where}: {cause}; {fix}"
+    verb = "write" if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS) else "access"
+    return f"cannot {verb}{where}: {cause}; {fix}"
 
 
 def atomic_write(path: str | Path, data: bytes | str) -> None:

@@ -192,7 +192,11 @@ def collect(source: str | Path) -> list[Entry]:
         folders = [(i, f) for i, f in enumerate(cands) if not f.name.startswith(".")]
     for order, folder in folders:
         cell = folder / "cell.json"
-        cell_d = json.loads(cell.read_text(encoding="utf-8")) if cell.is_file() else None
+        try:
+            cell_d = json.loads(cell.read_text(encoding="utf-8")) if cell.is_file() else None
+        except (OSError, ValueError):
+            log.warning("skipping %s: its cell.json is unreadable", folder)
+            continue
         found = [(rf, _load_result(rf)) for rf in _result_files(folder)]
         found += [(folder / "analysis" / f"{r['task']}.json", r) for r in _analysis_results(folder)]
         for rf, res in found:

@@ -182,7 +182,7 @@ def check_base(cfg: RunConfig, run: Path, folder: str | Path | None = None) -> N
 
 def write_run(folder: Path, cfg: RunConfig, masks, calibration=None, tokenizer=None, model=None) -> None:
     """Write the run artifacts into ``folder`` (normally a staged temp folder)."""
-    from safetensors.torch import save_file
+    save_file = _io.save_safetensors
     folder.mkdir(parents=True, exist_ok=True)
     data = config_data(cfg)
     (folder / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
@@ -190,11 +190,11 @@ def write_run(folder: Path, cfg: RunConfig, masks, calibration=None, tokenizer=N
     weights = getattr(masks, "weights", {}) or {}
     if weights:  # only the kept values: W[mask] in row-major order, in the model's dtype
         save_file({k: v[masks[k]].contiguous() for k, v in sorted(weights.items())},
-                  str(folder / "weights.safetensors"), metadata={"format": "polyprune-kept-values"})
+                  folder / "weights.safetensors", metadata={"format": "polyprune-kept-values"})
     perms = getattr(masks, "permutations", {}) or {}
     if perms:  # mask[:, perm] is N:M; apply x[..., perm] with W[:, perm] at inference
         save_file({k: v.to(torch.long).contiguous() for k, v in sorted(perms.items())},
-                  str(folder / "permutations.safetensors"), metadata={"format": "polyprune-input-permutations"})
+                  folder / "permutations.safetensors", metadata={"format": "polyprune-input-permutations"})
     info = {k: v for k, v in (getattr(masks, "info", {}) or {}).items() if k in masks}
     if info:  # per-matrix method info with tensors (e.g. GPTQ scales / zero points) for exporters
         from .formats import save_method_info
@@ -203,7 +203,7 @@ def write_run(folder: Path, cfg: RunConfig, masks, calibration=None, tokenizer=N
     if stats:
         flat = {f"{p}::{s}::{k}": t.contiguous() for p, per in stats.items() for s, d in per.items()
                 for k, t in d.items()}
-        save_file(flat, str(folder / "stats.safetensors"))
+        save_file(flat, folder / "stats.safetensors")
     if calibration is not None:
         calibration.write_jsonl(folder / "calibration.jsonl", tokenizer)
     record = dict(getattr(masks, "record", {}) or {})
@@ -238,9 +238,17 @@ def read_config(path: str | Path) -> RunConfig:
 
 
 def load_kept_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The kept values of a weight-updating method (empty when the run has none); a damaged file is
+    a one-line error, never a traceback."""
     from safetensors.torch import load_file
     f = Path(path) / "weights.safetensors"
-    return load_file(str(f)) if f.is_file() else {}
+    if not f.is_file():
+        return {}
+    try:
+        return load_file(str(f))
+    except Exception as e:  # noqa: BLE001  (SafetensorError: truncated or not safetensors)
+        raise UserError(f"{f} is damaged ({str(e).splitlines()[0] if str(e) else type(e).__name__}): "
+                        f"re-run the prune") from None
 
 
 def apply_run(model, path: str | Path) -> None:
@@ -258,8 +266,11 @@ def apply_run(model, path: str | Path) -> None:
         params = dict(model.named_parameters())
         with torch.no_grad():
             for name, values in kept.items():
-                p = params[name]
-                m = masks[name].to(p.device)
+                p = params.get(name)
+                m = masks[name].to(p.device) if p is not None and name in masks else None
+                if m is None or values.numel() != int(m.sum()):
+                    raise UserError(f"{Path(path) / 'weights.safetensors'}: {name} does not fit the masks or the "
+                                    f"model: re-run the prune")
                 p.data[m] = values.to(device=p.device, dtype=p.dtype)
 
 
