@@ -8,6 +8,7 @@ matrix under which an N:M mask holds, e.g. RIA's channel permutation) · ``model
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 import platform
