@@ -14,7 +14,7 @@ from .errors import UserError  # noqa: E402
 _LAZY = {
     "Calibration": "calibration", "Sample": "calibration",
     "apply_masks": "masks", "load_masks": "masks", "save_masks": "masks", "sparsity_report": "masks",
-    "load_model": "model", "prune": "prune",
+    "load_model": "loading", "prune": "prune",
 }
 
 

@@ -30,65 +30,16 @@ from typing import Any, Iterator
 import torch
 
 from .errors import UserError
-from .stream import Checkpoint, SafetensorsWriter, WEIGHT_FILE
+from .tensorfile import (INFO_FORMAT, WEIGHT_FILE, Checkpoint, SafetensorsWriter, info_items,  # noqa: F401
+                         load_method_info, save_method_info)
 
 log = logging.getLogger(__name__)
 
-INFO_FORMAT = "polyprune-method-info"
 FORMATS = ("auto", "dense", "pack-quantized", "int-quantized", "sparse-bitmask", "sparse-24-bitmask")
 ALIASES = {"compressed-tensors": "auto", "hf": "dense"}
 QUANTISED = ("pack-quantized", "int-quantized")
 ARCHIVE_MODEL_TYPE = "polyprune-archive"
 ARCHIVE_DIR = "archive"
-
-
-# ---------------------------------------------------------------------------------------------
-# method info (e.g. GPTQ scales) in a run folder
-
-def info_items(name: str, info: dict) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split one matrix's ``MethodResult.info`` into tensors (``name::key``) and JSON scalars."""
-    tensors, scalars = {}, {}
-    for k, v in info.items():
-        if isinstance(v, torch.Tensor):
-            tensors[f"{name}::{k}"] = v.detach().contiguous().cpu()
-        elif isinstance(v, (int, float, str, bool)) or v is None:
-            scalars[k] = v
-    return tensors, scalars
-
-
-def save_method_info(info: dict[str, dict], path: str | Path) -> None:
-    """Write ``{matrix name: MethodResult.info}`` to one safetensors file (scalars in its metadata)."""
-    w = SafetensorsWriter(path, {"format": INFO_FORMAT})
-    scalars = {}
-    try:
-        for name in sorted(info):
-            ts, sc = info_items(name, info[name])
-            for k, t in ts.items():
-                w.add(k, t)
-            scalars[name] = sc
-    except BaseException:
-        w.abort()
-        raise
-    w.metadata["scalars"] = json.dumps(scalars)
-    w.close()
-
-
-def load_method_info(path: str | Path) -> dict[str, dict]:
-    from safetensors import safe_open
-    p = Path(path)
-    if p.is_dir():
-        p = p / "info.safetensors"
-    if not p.is_file():
-        return {}
-    out: dict[str, dict] = {}
-    with safe_open(str(p), "pt") as f:
-        meta = f.metadata() or {}
-        for name, sc in json.loads(meta.get("scalars", "{}")).items():
-            out.setdefault(name, {}).update(sc)
-        for key in f.keys():
-            name, _, k = key.rpartition("::")
-            out.setdefault(name, {})[k] = f.get_tensor(key)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------

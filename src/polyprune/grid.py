@@ -304,6 +304,12 @@ class Grid:
                 "cells": [{"id": c.id, "dir": c.dirname, "kind": c.kind, "labels": c.labels} for c in self.cells]}
 
 
+def default_out(grid_path: Path, name: str) -> Path:
+    """Where a grid's runs go when --out is not given: ``runs/<grid name>`` (the name stays a plain name)."""
+    from .io import child
+    return child(Path("runs"), name, f"{grid_path}: grid name")
+
+
 def load_grid(path: str | Path) -> Grid:
     """Read and fully validate a grid YAML file (nothing is started)."""
     p = Path(path)

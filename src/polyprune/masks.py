@@ -206,7 +206,7 @@ class MaskWriter:
     go into the single ``polyprune`` metadata entry (a JSON object with sorted keys)."""
 
     def __init__(self, path: str | Path, metadata: dict[str, str] | None = None):
-        from .stream import SafetensorsWriter
+        from .tensorfile import SafetensorsWriter
         self.meta = {"format": MASK_FORMAT, "convention": "True=kept", "packing": "bits",
                      "bit_order": BIT_ORDER, **(metadata or {})}
         self.shapes: dict[str, list[int]] = {}

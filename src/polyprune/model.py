@@ -60,22 +60,47 @@ def load_tokenizer(name: str):
         return None
 
 
+def check_device(device: str | torch.device | None) -> torch.device:
+    """The compute device of ``--device`` (``auto``: CUDA when visible); bad input is one clear line."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device}: no CUDA device is visible; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible; "
+                            f"use cuda:0 … cuda:{torch.cuda.device_count() - 1}")
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+    elif dev.type not in ("cpu", "meta"):
+        raise UserError(f"--device {device}: pruning runs on cpu or cuda devices")
+    return dev
+
+
+def check_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """The model dtype (default bf16 on a GPU, fp32 on the CPU); bf16 where the GPU lacks it is an error."""
+    dt = resolve_dtype(dtype, device)
+    if dt == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        if dtype in (None, "auto"):  # the default only: an explicit bf16 request is refused below
+            log.warning("%s has no bfloat16: computing in float16", torch.cuda.get_device_name(device))
+            return torch.float16
+        raise UserError(f"{torch.cuda.get_device_name(device)} does not support bfloat16: use --dtype float16 "
+                        f"or --dtype float32")
+    return dt
+
+
 def load_model(name: str, dtype: str | torch.dtype | None = None, device: str | None = None,
                tokenizer=False):
     """Returns (model, tokenizer): ``AutoModelForCausalLM`` in eval mode, no grad. Pass an already
-    loaded ``tokenizer`` (or ``None``) to skip loading it again. A run folder is rebuilt from its base
-    model + masks (+ kept values); a polyprune sparse archive is decompressed. On CUDA the weights are
+    loaded ``tokenizer`` (or ``None``) to skip loading it again. Run folders and polyprune archives
+    are loaded by :func:`polyprune.loading.load_model` (``pp.load_model``). On CUDA the weights are
     placed by accelerate's ``device_map="auto"``: spread over the visible GPUs, with CPU offload when
     they do not fit (evaluation; pruning loads on the CPU and places layers itself, see polyprune.onload)."""
     from transformers import AutoConfig, AutoModelForCausalLM
-    from .formats import is_archive, load_archive
-    from .onload import check_device, check_dtype
-    from .run import is_run, load_run_or_model
-    if Path(str(name)).is_dir() and is_run(name):
-        model, tok, _ = load_run_or_model(str(name), dtype, device)
-        return model, tok
-    if Path(str(name)).is_dir() and is_archive(name):
-        return load_archive(name, dtype, device, tokenizer)
     path = resolve_model_path(name)
     dev = check_device(device)
     dt = check_dtype(dtype, dev)

@@ -18,46 +18,12 @@ import torch
 from torch import nn
 
 from .errors import UserError
-from .model import find_layers, prunable_modules
+from .model import check_device, check_dtype, find_layers, prunable_modules  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
 GiB = 1 << 30
 MARGIN = 1.10  # allocator slack and kernels' workspaces on top of the counted tensors
-
-
-def check_device(device: str | torch.device | None) -> torch.device:
-    """The compute device of ``--device`` (``auto``: CUDA when visible); bad input is one clear line."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise UserError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"--device {device}: no CUDA device is visible; use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UserError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible; "
-                            f"use cuda:0 … cuda:{torch.cuda.device_count() - 1}")
-        if dev.index is None:
-            dev = torch.device("cuda", torch.cuda.current_device())
-    elif dev.type not in ("cpu", "meta"):
-        raise UserError(f"--device {device}: pruning runs on cpu or cuda devices")
-    return dev
-
-
-def check_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """The model dtype (default bf16 on a GPU, fp32 on the CPU); bf16 where the GPU lacks it is an error."""
-    from .model import resolve_dtype
-    dt = resolve_dtype(dtype, device)
-    if dt == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        if dtype in (None, "auto"):  # the default only: an explicit bf16 request is refused below
-            log.warning("%s has no bfloat16: computing in float16", torch.cuda.get_device_name(device))
-            return torch.float16
-        raise UserError(f"{torch.cuda.get_device_name(device)} does not support bfloat16: use --dtype float16 "
-                        f"or --dtype float32")
-    return dt
 
 
 def _move(t: torch.Tensor, device: torch.device) -> torch.Tensor:

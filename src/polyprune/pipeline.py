@@ -122,7 +122,7 @@ def run_prune(cfg: RunConfig, out: str | Path, force: bool = False) -> Path:
     from .onload import check_device, check_dtype
     out = Path(out)
     get_method(cfg.method)  # fail fast on bad input, before loading anything
-    from .stream import run_prune_streaming, should_stream
+    from .stream import should_stream
     if should_stream(cfg.offload, cfg.max_memory, cfg.model, cfg.dtype):
         check_positions(cfg)
         return run_prune_streaming(cfg, out, force)
@@ -146,4 +146,37 @@ def run_prune(cfg: RunConfig, out: str | Path, force: bool = False) -> Path:
         masks = prune_with_config(model, cal, cfg, **place_for_config(model, cal, cfg, device))
         write_run(tmp, cfg, masks, cal, tok, model)
     log.info("run written to %s (achieved sparsity %.4f)", out, masks.record["achieved_sparsity"])
+    return out
+
+
+def run_prune_streaming(cfg, out: str | Path, force: bool = False) -> Path:
+    """:func:`polyprune.pipeline.run_prune` without materialising the model: a run folder with the
+    usual files plus the pruned checkpoint in ``model/``."""
+    import time
+
+    import yaml
+    from .model import load_tokenizer
+    from .run import config_data, mask_metadata_of, write_json
+    from .stream import Checkpoint, check_target, local_checkpoint, stream_prune
+    out = Path(out)
+    if cfg.device not in (None, "auto", "cpu"):
+        raise UserError("streaming (--offload / --max-memory) runs on the CPU: drop --device")
+    src = local_checkpoint(cfg.model)
+    Checkpoint(src)  # bad input before anything is written
+    check_target(out, 0)
+    with staged_dir(out, force) as tmp:
+        tok = load_tokenizer(str(src))
+        cal = calibration_from_config(cfg.calibration, tok, cfg.seed, cfg.method)
+        rec = stream_prune(src, cal, tmp, cfg.method, cfg.sparsity, cfg.pattern, dtype=cfg.dtype,
+                           activation_dtype=cfg.activation_dtype, mask_metadata=mask_metadata_of(cfg),
+                           **engine_options(cfg))
+        data = config_data(cfg, src)
+        (tmp / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+        if cal is not None:
+            cal.write_jsonl(tmp / "calibration.jsonl", tok)
+        if tok is not None:
+            tok.save_pretrained(tmp / "model")
+        rec["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        write_json(tmp / "record.json", rec)
+    log.info("streamed run written to %s (achieved sparsity %.4f)", out, rec["achieved_sparsity"])
     return out

@@ -162,8 +162,7 @@ def resolve_runs_dir(source: str | Path) -> Path:
     """A runs folder, or the runs folder of a grid YAML (``runs/<name>``)."""
     p = Path(source)
     if p.is_file() and p.suffix in (".yaml", ".yml"):
-        from .commands.run import default_out
-        from .grid import load_grid
+        from .grid import default_out, load_grid
         g = load_grid(p)
         out = default_out(p, g.name)
         if not out.is_dir():

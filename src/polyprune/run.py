@@ -112,7 +112,7 @@ def base_hash(folder: str | Path) -> str | None:
     name order), so a run rebuilt from base + masks can tell that its base changed; the file layout
     (sharding, header order, metadata) does not enter it. ``None`` without local safetensors."""
     import hashlib
-    from .stream import Checkpoint
+    from .tensorfile import Checkpoint
     try:
         ckpt = Checkpoint(folder)
     except UserError:
@@ -198,7 +198,7 @@ def write_run(folder: Path, cfg: RunConfig, masks, calibration=None, tokenizer=N
                   folder / "permutations.safetensors", metadata={"format": "polyprune-input-permutations"})
     info = {k: v for k, v in (getattr(masks, "info", {}) or {}).items() if k in masks}
     if info:  # per-matrix method info with tensors (e.g. GPTQ scales / zero points) for exporters
-        from .formats import save_method_info
+        from .tensorfile import save_method_info
         save_method_info(info, folder / "info.safetensors")
     stats = getattr(masks, "stats", {}) or {}
     if stats:

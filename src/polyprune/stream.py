@@ -18,14 +18,12 @@ import ctypes
 import functools
 import json
 import logging
-import mmap
 import os
 import re
 import shutil
-import struct
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,13 +34,8 @@ from .masks import sparsity_report
 
 log = logging.getLogger(__name__)
 
-ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-             "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-             "BOOL": torch.bool}
-ST_NAMES = {v: k for k, v in ST_DTYPES.items()}
-CHUNK = 16 << 20
-WEIGHT_FILE = re.compile(r".*\.(safetensors|bin|pt|pth|gguf|ckpt|h5|msgpack)$|.*\.safetensors\.index\.json$")
-
+from .tensorfile import (ST_DTYPES, WEIGHT_FILE, Checkpoint, SafetensorsWriter,  # noqa: F401  (re-exported)
+                         save_tensors)
 
 # ---------------------------------------------------------------------------------------------
 # the allocator
@@ -76,190 +69,6 @@ def trim_heap() -> None:
         libc.malloc_trim(0)
 
 
-# ---------------------------------------------------------------------------------------------
-# reading a checkpoint without loading it
-
-class Checkpoint:
-    """Index of a local safetensors checkpoint (one file, or shards + ``model.safetensors.index.json``):
-    ``name -> (file, dtype, shape, absolute byte range)``, from the headers only."""
-
-    def __init__(self, folder: str | Path):
-        self.folder = Path(folder)
-        index = self.folder / "model.safetensors.index.json"
-        if index.is_file():
-            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        elif (self.folder / "model.safetensors").is_file():
-            files = ["model.safetensors"]
-        else:
-            raise UserError(f"{self.folder} has no safetensors checkpoint: streaming needs model.safetensors "
-                            f"(or shards with an index); re-save the model with save_pretrained")
-        self.entries: dict[str, tuple[Path, str, tuple[int, ...], int, int]] = {}
-        for fname in files:
-            path = self.folder / fname
-            with open(path, "rb") as f:
-                (n,) = struct.unpack("<Q", f.read(8))
-                header = json.loads(f.read(n))
-            base = 8 + n
-            for name, e in header.items():
-                if name == "__metadata__":
-                    continue
-                start, end = e["data_offsets"]
-                self.entries[name] = (path, e["dtype"], tuple(e["shape"]), base + start, base + end)
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.entries
-
-    def keys(self) -> list[str]:
-        return list(self.entries)
-
-    def dtype(self, name: str) -> torch.dtype:
-        code = self.entries[name][1]
-        if code not in ST_DTYPES:
-            raise UserError(f"tensor {name} has dtype {code}, which streaming does not handle: convert the checkpoint")
-        return ST_DTYPES[code]
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return self.entries[name][2]
-
-    def nbytes(self, names: Iterable[str] | None = None) -> int:
-        return sum(self.entries[n][4] - self.entries[n][3] for n in (names if names is not None else self.entries))
-
-    def lazy_rows(self, name: str, dtype: torch.dtype) -> tuple[torch.Tensor, Any]:
-        """A [rows, …] tensor in ``dtype`` whose rows are read from disk on first use, and the forward
-        pre-hook for the nn.Embedding holding it: an embedding lookup pages in only the rows its ids
-        touch (untouched rows are never-written zero pages, not resident)."""
-        path, _, shape, start, _ = self.entries[name]
-        src_dt = self.dtype(name)
-        nbytes = int(np.prod(shape)) * dtype.itemsize
-        region = mmap.mmap(-1, max(nbytes, 1))  # anonymous, zero-filled, resident only where written
-        if hasattr(mmap, "MADV_NOHUGEPAGE"):
-            region.madvise(mmap.MADV_NOHUGEPAGE)  # one written row must not fault in a 2 MiB page
-        out = torch.frombuffer(region, dtype=torch.uint8, count=nbytes).view(dtype).reshape(shape)
-        row_bytes = int(np.prod(shape[1:])) * src_dt.itemsize
-        loaded = torch.zeros(shape[0], dtype=torch.bool)
-
-        def hook(module, args):
-            ids = torch.unique(args[0]).cpu()
-            need = ids[~loaded[ids]].tolist()
-            if need:
-                with open(path, "rb") as f:
-                    fd = f.fileno()
-                    for r in need:
-                        raw = bytearray(os.pread(fd, row_bytes, start + r * row_bytes))
-                        out[r] = torch.frombuffer(raw, dtype=src_dt).reshape(shape[1:]).to(dtype)
-                loaded[need] = True
-        return out, hook
-
-    def load(self, name: str) -> torch.Tensor:
-        """The tensor read into memory (a private copy)."""
-        path, _, shape, start, end = self.entries[name]
-        buf = bytearray(end - start)
-        with open(path, "rb") as f:
-            f.seek(start)
-            f.readinto(buf)
-        if not buf:
-            return torch.empty(shape, dtype=self.dtype(name))
-        return torch.frombuffer(buf, dtype=self.dtype(name)).reshape(shape)
-
-    def copy_bytes(self, name: str, out) -> None:
-        """Copy the tensor's raw bytes into the open file ``out`` in chunks (no memory map)."""
-        path, _, _, start, end = self.entries[name]
-        with open(path, "rb") as f:
-            f.seek(start)
-            left = end - start
-            while left:
-                chunk = f.read(min(CHUNK, left))
-                out.write(chunk)
-                left -= len(chunk)
-
-
-# ---------------------------------------------------------------------------------------------
-# writing safetensors tensor by tensor
-
-def _raw(t: torch.Tensor) -> memoryview:
-    """A tensor's bytes without a copy (contiguous CPU tensors; bf16 goes through a uint8 view)."""
-    return memoryview(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy())
-
-
-def _header_entry(dtype: torch.dtype, shape, offset: int, nbytes: int) -> dict[str, Any]:
-    return {"dtype": ST_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
-
-
-def _header_blob(header: dict[str, Any], metadata: dict[str, str] | None) -> bytes:
-    """The 8-byte length + JSON header of a safetensors file (padded to 8 bytes)."""
-    header = dict(sorted(header.items()))
-    if metadata:
-        header["__metadata__"] = metadata
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)
-    return struct.pack("<Q", len(blob)) + blob
-
-
-def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None,
-                 dtypes: dict[str, torch.dtype] | None = None) -> int:
-    """Like ``safetensors.torch.save_file``, but the header first and then each tensor's bytes straight
-    from its storage: the file is never assembled in memory (save_file builds it whole). ``dtypes``:
-    store these tensors in another dtype (converted one at a time). Returns the data bytes."""
-    dtypes = {k: dtypes.get(k, t.dtype) if dtypes else t.dtype for k, t in tensors.items()}
-    header, offset = {}, 0
-    for name, t in tensors.items():
-        n = t.numel() * dtypes[name].itemsize
-        header[name] = _header_entry(dtypes[name], t.shape, offset, n)
-        offset += n
-    with open(path, "wb") as f:
-        f.write(_header_blob(header, metadata))
-        for name, t in tensors.items():
-            f.write(_raw(t.to(dtypes[name])))
-    return offset
-
-
-class SafetensorsWriter:
-    """Write one safetensors file tensor by tensor: data go to a side file as they come, the
-    header and data are joined on :meth:`close`; nothing is kept in memory."""
-
-    def __init__(self, path: str | Path, metadata: dict[str, str] | None = None):
-        self.path = Path(path)
-        self.metadata = dict(metadata or {})
-        self.data_path = self.path.with_name(f".{self.path.name}.data")
-        self.data = open(self.data_path, "wb")
-        self.header: dict[str, Any] = {}
-        self.offset = 0
-
-    def _entry(self, name: str, dtype: torch.dtype, shape, nbytes: int) -> None:
-        if name in self.header:
-            raise ValueError(f"duplicate tensor {name}")
-        self.header[name] = _header_entry(dtype, shape, self.offset, nbytes)
-        self.offset += nbytes
-
-    def add(self, name: str, tensor: torch.Tensor) -> None:
-        raw = _raw(tensor)
-        self.data.write(raw)
-        self._entry(name, tensor.dtype, tensor.shape, raw.nbytes)
-
-    def add_from(self, name: str, ckpt: Checkpoint, source_name: str | None = None) -> None:
-        """Copy a tensor's bytes straight from a checkpoint."""
-        src = source_name or name
-        ckpt.copy_bytes(src, self.data)
-        self._entry(name, ckpt.dtype(src), ckpt.shape(src), ckpt.nbytes([src]))
-
-    @property
-    def nbytes(self) -> int:
-        return self.offset
-
-    def close(self) -> None:
-        self.data.close()
-        with open(self.path, "wb") as out, open(self.data_path, "rb") as data:
-            out.write(_header_blob(self.header, self.metadata))
-            shutil.copyfileobj(data, out, CHUNK)
-        self.data_path.unlink()
-
-    def abort(self) -> None:
-        self.data.close()
-        self.data_path.unlink(missing_ok=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# the meta skeleton
 
 def _set_tensor(model: nn.Module, name: str, value: torch.Tensor) -> None:
     mod_name, _, leaf = name.rpartition(".")
@@ -333,7 +142,7 @@ class LayerStreamer:
 
     def __init__(self, model: nn.Module, path: str, ckpt: Checkpoint, out: Path, dtype: torch.dtype,
                  n_layers: int, mask_metadata: dict[str, str] | None = None):
-        from .formats import INFO_FORMAT
+        from .tensorfile import INFO_FORMAT
         self.model, self.path, self.ckpt, self.out, self.dtype = model, path, ckpt, Path(out), dtype
         self.model_dir = self.out / "model"
         self.model_dir.mkdir(parents=True, exist_ok=True)
@@ -402,7 +211,7 @@ class LayerStreamer:
         self.total_size += save_tensors(self.model_dir / shard, tensors, {"format": "pt"},
                                         {k: self.ckpt.dtype(k) for k in tensors})
         del tensors
-        from .formats import info_items
+        from .tensorfile import info_items
         for name in [n for n in masks if n.startswith(prefix)]:
             m = masks.pop(name)
             self.masks.add(name, m.to(torch.bool))
@@ -581,36 +390,5 @@ def should_stream(offload: bool, max_memory: str | int | None, model: str, dtype
     return False
 
 
-def run_prune_streaming(cfg, out: str | Path, force: bool = False) -> Path:
-    """:func:`polyprune.pipeline.run_prune` without materialising the model: a run folder with the
-    usual files plus the pruned checkpoint in ``model/``."""
-    import yaml
-    from .model import load_tokenizer
-    from .pipeline import calibration_from_config, engine_options
-    from .run import config_data, mask_metadata_of, staged_dir, write_json
-    out = Path(out)
-    if cfg.device not in (None, "auto", "cpu"):
-        raise UserError("streaming (--offload / --max-memory) runs on the CPU: drop --device")
-    src = local_checkpoint(cfg.model)
-    Checkpoint(src)  # bad input before anything is written
-    check_target(out, 0)
-    with staged_dir(out, force) as tmp:
-        tok = load_tokenizer(str(src))
-        cal = calibration_from_config(cfg.calibration, tok, cfg.seed, cfg.method)
-        rec = stream_prune(src, cal, tmp, cfg.method, cfg.sparsity, cfg.pattern, dtype=cfg.dtype,
-                           activation_dtype=cfg.activation_dtype, mask_metadata=mask_metadata_of(cfg),
-                           **engine_options(cfg))
-        data = config_data(cfg, src)
-        (tmp / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
-        if cal is not None:
-            cal.write_jsonl(tmp / "calibration.jsonl", tok)
-        if tok is not None:
-            tok.save_pretrained(tmp / "model")
-        rec["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        write_json(tmp / "record.json", rec)
-    log.info("streamed run written to %s (achieved sparsity %.4f)", out, rec["achieved_sparsity"])
-    return out
-
-
-__all__ = ["Checkpoint", "LayerStreamer", "SafetensorsWriter", "parse_size", "run_prune_streaming", "should_stream",
+__all__ = ["Checkpoint", "LayerStreamer", "SafetensorsWriter", "parse_size", "should_stream",
            "skeleton", "stream_prune", "sparsity_report"]

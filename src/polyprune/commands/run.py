@@ -9,12 +9,6 @@ import typer
 from ..cli import app, examples
 
 
-def default_out(grid_path: Path, name: str) -> Path:
-    """Where a grid's runs go when --out is not given: ``runs/<grid name>`` (the name stays a plain name)."""
-    from ..io import child
-    return child(Path("runs"), name, f"{grid_path}: grid name")
-
-
 @app.command("run", epilog=examples("polyprune run recipes/kurz2025-small.yaml --dry-run",
                                     "polyprune run recipes/kurz2025-small.yaml --workers 2",
                                     "polyprune run recipes/kim2024-small.yaml --in-process --out runs/kim"))
@@ -31,7 +25,7 @@ def run_cmd(
 ) -> None:
     """Run every cell of a grid; finished cells are reused, unfinished ones redone. Exit 1 if a cell failed."""
     from ..errors import UserError
-    from ..grid import is_done, load_grid, run_grid
+    from ..grid import default_out, is_done, load_grid, run_grid
     if workers < 1:
         raise UserError(f"--workers {workers}: give at least 1")
     if ray and in_process:

@@ -221,7 +221,8 @@ def run_eval(target: str | Path, task: str, langs: Sequence[str] | None = None, 
     """Load ``target`` (run folder or model), evaluate, write ``results/<task>.json``; returns its path.
 
     Results go to ``RUN/results/`` for a run folder, else to ``out`` (required for a bare model)."""
-    from ..run import is_run, load_run_or_model, write_json
+    from ..loading import load_target
+    from ..run import is_run, write_json
     get_task(task)
     _check_options(get_task(task), parse_task(task)[1] | options)
     is_run_dir = Path(target).is_dir() and is_run(target)
@@ -229,7 +230,7 @@ def run_eval(target: str | Path, task: str, langs: Sequence[str] | None = None, 
         raise UserError(f"{target} is not a run folder: give --out DIR for the results of a bare model")
     from ..data import require_task_data
     require_task_data(parse_task(task)[0], data_dir)  # offline without data: stop before loading a model
-    model, tok, run_dir = load_run_or_model(str(target), dtype, device)
+    model, tok, run_dir = load_target(str(target), dtype, device)
     model.polyprune_target = str(target)
     res = evaluate(model, tok, task, langs, data_dir, limit, seed, batch_size, **options)
     folder = Path(out) if out is not None else Path(run_dir) / "results"
