@@ -115,7 +115,7 @@ def child(args) -> None:
         sparsity = masks.record["achieved_sparsity"]
     else:
         with tempfile.TemporaryDirectory(dir=args.tmp) as d:
-            rec = stream_prune(folder, cal, Path(d) / "out", args.method, 0.5,
+            rec = stream_prune(folder, cal, Path(d) / "out", args.method, 0.5, tune_allocator=True,
                                activation_dtype="bfloat16" if args.mode == "stream-bf16" else None)
         sparsity = rec["achieved_sparsity"]
     dt = time.perf_counter() - t0

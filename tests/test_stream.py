@@ -127,3 +127,14 @@ def test_cli_offload_and_bad_input(tiny_dir, tmp_path, monkeypatch):
     r = CliRunner().invoke(app, args + ["--offload", "--keep-stats", "--out", str(tmp_path / "run3")])
     assert isinstance(r.exception, UserError) and "--keep-stats needs the whole model" in str(r.exception)
     assert not (tmp_path / "run3").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".run3")]
+
+
+def test_allocator_tuning_is_opt_in(tiny_dir, calib_ids, tmp_path, monkeypatch):
+    """The glibc setting is process-wide: the library leaves it alone unless asked (the CLI asks)."""
+    import polyprune.stream as stream
+    calls = []
+    monkeypatch.setattr(stream, "return_freed_memory", lambda *a: calls.append(a) or True)
+    stream_prune(tiny_dir("llama"), calib_ids, tmp_path / "a", "magnitude", 0.5)
+    assert calls == []
+    stream_prune(tiny_dir("llama"), calib_ids, tmp_path / "b", "magnitude", 0.5, tune_allocator=True)
+    assert calls == [()]

@@ -56,8 +56,9 @@ def return_freed_memory(threshold: int = 1 << 20) -> bool:
     when freed. By default the threshold grows with every large block freed (up to 32 MiB), so a
     layer's tensors end up in a heap that fragments: measured on a 1 B-parameter Llama, the
     resident size after each layer crept up by 30–75 MiB per layer; with a fixed threshold it
-    returns to the same value after every layer. Process-wide and permanent (the CLI process ends after the
-    run). Returns whether it was applied."""
+    returns to the same value after every layer. Process-wide and permanent, so opt-in
+    (``stream_prune(tune_allocator=True)``; the CLI's streamed prune, whose process ends after the run).
+    Returns whether it was applied."""
     libc = _libc()
     return bool(libc is not None and hasattr(libc, "mallopt") and libc.mallopt(M_MMAP_THRESHOLD, threshold))
 
@@ -325,12 +326,14 @@ def needed_bytes(ckpt: Checkpoint, prunable: int, updates_weights: bool) -> int:
 def stream_prune(model_dir: str | Path, calibration: Any, out: str | Path, method: str = "wanda",
                  sparsity: float | None = 0.5, pattern: str = "unstructured", *, dtype: str | torch.dtype | None = None,
                  activation_dtype: str | torch.dtype | None = None, check_space: bool = True,
-                 mask_metadata: dict[str, str] | None = None, **prune_options) -> dict:
+                 mask_metadata: dict[str, str] | None = None, tune_allocator: bool = False, **prune_options) -> dict:
     """Prune the safetensors checkpoint in ``model_dir`` layer by layer into the folder ``out`` (created;
     normally a staged temp folder): ``model/``, ``masks.safetensors``, ``weights.safetensors``,
     ``info.safetensors``. ``prune_options`` go to :func:`polyprune.prune` (seed, sequential,
     keep_dense_layers, method options …); samples go through each layer one at a time unless
-    ``batch_tokens`` is given (least activation memory). Returns the run record (as ``masks.record``)."""
+    ``batch_tokens`` is given (least activation memory). ``tune_allocator``: apply
+    :func:`return_freed_memory` first, a process-wide glibc setting, so only a process that does
+    nothing else opts in (``polyprune prune --offload`` does). Returns the run record (as ``masks.record``)."""
     from .methods import get_method
     from .model import prunable_weights, resolve_dtype
     from .prune import prune
@@ -354,7 +357,8 @@ def stream_prune(model_dir: str | Path, calibration: Any, out: str | Path, metho
     n_layers = len(find_layers(model)[1])
     io = LayerStreamer(model, path, ckpt, out, dt, n_layers, mask_metadata or
                        {"method": method, "model": str(model_dir), "pattern": str(pattern), "sparsity": str(sparsity)})
-    return_freed_memory()
+    if tune_allocator:
+        return_freed_memory()
     try:
         io.write_outside()
         masks = prune(model, calibration, method, sparsity, pattern, layer_io=io, activation_dtype=act,
