@@ -1,6 +1,5 @@
 # `make demo` and `make test` each do their own set-up (idempotent, offline).
 PY ?= python3
-export POLYPRUNE_PROGRESS ?= 1
 
 .PHONY: setup demo test bench clean
 
