@@ -107,6 +107,6 @@ def test_readme_walkthrough_runs_offline(tmp_path, data_dir, tiny_dir, monkeypat
         assert (runs / "w50" / "results" / f"{task}.json").is_file(), task
     assert list((runs / "analysis").glob("*.png")) or list((runs / "analysis").rglob("*.png"))
     assert (runs / "example-grid" / "report" / "report.md").is_file()
-    assert (work / "pruned-model" / "config.json").is_file() and (work / "w50-ct" / "config.json").is_file()
+    assert (work / "pruned-model" / "config.json").is_file() and (work / "w50-hf" / "config.json").is_file()
     assert (work / "demo-runs" / "report" / "report.md").is_file()
     assert "CPU-s" in r.stdout  # the demo reports its own cost
