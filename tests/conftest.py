@@ -52,3 +52,21 @@ def tiny_dir(tmp_path_factory):
 def calib_ids():
     g = torch.Generator().manual_seed(0)
     return torch.randint(5, 384, (4, 24), generator=g)
+
+
+@pytest.fixture
+def cli(capsys):
+    """``polyprune.cli.main`` in-process: (returncode, stdout, stderr) like a subprocess."""
+    import subprocess
+    from polyprune.cli import main
+
+    def run(*args):
+        capsys.readouterr()
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+    return run

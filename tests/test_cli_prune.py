@@ -21,21 +21,6 @@ def cli_subprocess(*args):
                           env=env)
 
 
-@pytest.fixture
-def cli(capsys):
-    """``polyprune.cli.main`` in-process: (returncode, stdout, stderr) like a subprocess."""
-    from polyprune.cli import main
-
-    def run(*args):
-        capsys.readouterr()
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(args, code, out, err)
-    return run
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from test_formats import make_run  # one run builder for both export suites
 from polyprune.errors import UserError
 from polyprune.formats import export_compressed
 
@@ -35,15 +36,6 @@ def plain_transformers(folder, out):
     return subprocess.run([sys.executable, "-c", LOADER, str(folder), json.dumps(IDS), str(out)],
                           capture_output=True, text=True, env=env, cwd=str(out.parent))
 
-
-def make_run(tiny_dir, tmp_path, name, method, pattern="unstructured", **opts):
-    from polyprune.config import validate_config
-    from polyprune.pipeline import run_prune
-    cal = tmp_path / "cal.txt"
-    cal.write_text("\n".join(["Le renard brun rapide saute par-dessus le chien paresseux."] * 40))
-    cfg = validate_config({"model": str(tiny_dir("llama")), "method": method, "pattern": pattern,
-                           "method_options": opts, "calibration": {"file": str(cal), "nsamples": 2, "seqlen": 16}})
-    return run_prune(cfg, tmp_path / name)
 
 
 def rebuilt_logits(run, dtype="float32"):

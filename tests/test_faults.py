@@ -41,21 +41,6 @@ def calfile(tmp_path_factory) -> Path:
     return p
 
 
-@pytest.fixture
-def cli(capsys):
-    """``polyprune.cli.main`` in-process: (returncode, stdout, stderr)."""
-    from polyprune.cli import main
-
-    def run(*args):
-        capsys.readouterr()
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(args, code, out, err)
-    return run
 
 
 def _env():

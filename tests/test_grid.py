@@ -91,7 +91,7 @@ def test_hash_is_stable_and_content_defined(cal_file):
 
 
 @pytest.mark.parametrize("text, needle", [
-    ("axes: [unclosed", "malformed YAML at line 1"),
+    ("axes: [unclosed", "is not well-formed YAML at line 1"),
     ("axis: {methods: [wanda]}", "unknown key 'axis'; valid keys: name, description, defaults, axes"),
     ("axes: {method: [wanda]}", "unknown key 'axes.method'; valid keys: models, methods, sparsities"),
     ("axes: {methods: [{method: magnitude, colour: red}]}", "axes.methods[0]: unknown key 'colour'"),

@@ -56,7 +56,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 
 from . import io as _io
@@ -315,14 +314,8 @@ def load_grid(path: str | Path) -> Grid:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"grid file {p} does not exist: give a YAML grid (see recipes/)")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise UserError(f"{p} is not UTF-8 text (byte {e.start}): save the grid as UTF-8") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise UserError(f"{p}: malformed YAML{at}: {getattr(e, 'problem', None) or e}") from None
+    from .io import read_yaml
+    data = read_yaml(p, "fix the grid (see recipes/) and save it as UTF-8", what="well-formed YAML")
     if data is None:
         raise UserError(f"{p} is empty: a grid needs at least 'axes' (see recipes/)")
     if not isinstance(data, dict):

@@ -242,3 +242,19 @@ def owned(target: str | Path, what: str = "--out") -> Iterator[None]:
         yield
     finally:
         release(fl, target)
+
+
+def read_yaml(path: str | Path, fix: str, what: str = "valid YAML") -> Any:
+    """``yaml.safe_load`` of a UTF-8 file; undecodable or malformed text is one line naming the
+    place (line and column) and ``fix``."""
+    import yaml
+    p = Path(path)
+    try:
+        return yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise UserError(f"{p} is not UTF-8 text (byte {e.start}): {fix}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None)
+        raise UserError(f"{p} is not {what}{at}{f' ({problem})' if problem else ''}: {fix}") from None

@@ -224,14 +224,8 @@ def is_run(path: str | Path) -> bool:
 def read_config(path: str | Path) -> RunConfig:
     p = Path(path)
     f = p / "config.yaml"
-    try:
-        data = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
-    except UnicodeDecodeError as e:
-        raise UserError(f"{f} is not UTF-8 text (byte {e.start}): restore it or re-run the prune") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"{f} is not valid YAML{at}: restore it or re-run the prune") from None
+    from .io import read_yaml
+    data = read_yaml(f, "restore it or re-run the prune") or {}
     if not isinstance(data, dict):
         raise UserError(f"{f} is not a run configuration (a mapping): restore it or re-run the prune")
     data.pop("versions", None)
