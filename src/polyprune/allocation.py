@@ -15,6 +15,8 @@ over the other layers (by parameter count) so the average stays S.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -164,6 +166,22 @@ def pearson_divergence(lang_norms: dict[str, torch.Tensor]) -> float:
 # ---------------------------------------------------------------------------------------------
 # model plumbing: one dense pass, no pruning
 
+# the placement of the pruning run (layer-by-layer onloading, hidden-state device) that a data-driven
+# allocation's dense pass follows; set by pp.prune around the allocation, not an argument of the
+# allocation functions, whose signature registered allocations share
+WALK_PLACEMENT: contextvars.ContextVar[dict | None] = contextvars.ContextVar("walk_placement", default=None)
+
+
+@contextlib.contextmanager
+def walk_placement(options: dict | None):
+    """Dense passes inside the block walk the layers with these :func:`polyprune.collect.walk` options."""
+    token = WALK_PLACEMENT.set(options)
+    try:
+        yield
+    finally:
+        WALK_PLACEMENT.reset(token)
+
+
 def _dense_pass(model, calibration, kinds: set[str], count_pads: bool, per_layer: Callable, description: str):
     """Walk the dense model (statistics from dense inputs, nothing pruned) and call
     ``per_layer(i, {module name: ModuleStats}, {module name: W [out, in]})``."""
@@ -172,8 +190,7 @@ def _dense_pass(model, calibration, kinds: set[str], count_pads: bool, per_layer
     from .model import prunable_modules
     cal = as_calibration(calibration)
     set_name = "target" if "target" in cal.sets else cal.sets[0]
-    # placement of the pruning run (layer-by-layer onloading, hidden-state device), set by pp.prune
-    walk_options = getattr(model, "_polyprune_walk_options", None)
+    walk_options = WALK_PLACEMENT.get()
 
     def on_layer(i, layer, stats):
         mods = prunable_modules(layer)

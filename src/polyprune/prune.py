@@ -119,16 +119,16 @@ def prune(model: nn.Module, calibration: Any = None, method: str = "wanda", spar
         cal = as_calibration(calibration)  # data-driven allocations (e.g. owl) with a data-free method
     timer = Timer()
     compute_device = getattr(layer_io, "device", None)
+    placement = None
     if layer_io is not None and getattr(layer_io, "moves_only", False) or activation_device is not None:
         # a data-driven allocation's dense pass walks the layers where this run does
-        model._polyprune_walk_options = {"activation_device": activation_device, "compute_device": compute_device, **(
+        placement = {"activation_device": activation_device, "compute_device": compute_device, **(
             {"before_layer": layer_io.load, "after_layer": lambda i, layer: layer_io.release(i, layer, {})}
             if layer_io is not None and getattr(layer_io, "moves_only", False) else {})}
-    try:
+    from .allocation import walk_placement
+    with walk_placement(placement):
         targets = _layer_targets(model, cal, sparsity, pat, layer_sparsity, allocation, allocation_options,
                                  n_layers, count_pads, timer)
-    finally:
-        model.__dict__.pop("_polyprune_walk_options", None)
     layer_pats = [pat] * n_layers
     if pat.structured and layer_sparsity is None and allocation not in (None, "", "uniform"):
         layer_pats = [Pattern(int(round(t * pat.m)), pat.m) for t in targets]  # N varies per layer
