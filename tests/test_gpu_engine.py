@@ -197,6 +197,19 @@ def test_more_ranks_than_samples_is_one_clear_error(tmp_path, tiny_dir):
     assert not (tmp_path / "r").exists()
 
 
+
+def test_existing_out_stops_every_rank(tmp_path, tiny_dir):
+    """Rank 0 refuses an existing --out; the other ranks refuse it too instead of waiting for rank 0."""
+    (tmp_path / "r").mkdir()
+    results = _launch(["-m", "polyprune", "prune"], ["--model", str(tiny_dir("llama")), "--calibration-file",
+                                                     str(tmp_path / "c.txt"), "--nsamples", "4", "--seqlen", "8",
+                                                     "--out", str(tmp_path / "r")], 2,
+                      _write(tmp_path / "c.txt", "Le renard brun rapide saute par-dessus le chien paresseux. " * 20))
+    for rc, _, err in results:
+        assert rc == 2, err[-2000:]
+        assert "already exists" in err and len(err.strip().splitlines()) == 1
+    assert list((tmp_path / "r").iterdir()) == []
+
 def _write(path, text):
     path.write_text(text)
     return path.parent

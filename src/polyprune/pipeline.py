@@ -131,6 +131,8 @@ def run_prune(cfg: RunConfig, out: str | Path, force: bool = False) -> Path:
     if distributed.init_from_env(device) and device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU (LOCAL_RANK)
     if distributed.rank() != 0:  # the other ranks calibrate and prune alongside; rank 0 writes the run
+        if out.exists() and not force:  # rank 0 refuses this in staged_dir: every rank stops, none waits for it
+            raise UserError(f"output folder {out} already exists: choose another --out or pass --force")
         tok = load_tokenizer(cfg.model)
         cal = build_run_calibration(cfg, tok)
         check_positions(cfg)
