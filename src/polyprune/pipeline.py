@@ -170,7 +170,7 @@ def run_prune_streaming(cfg, out: str | Path, force: bool = False) -> Path:
         tok = load_tokenizer(str(src))
         cal = calibration_from_config(cfg.calibration, tok, cfg.seed, cfg.method)
         rec = stream_prune(src, cal, tmp, cfg.method, cfg.sparsity, cfg.pattern, dtype=cfg.dtype,
-                           tune_allocator=True,  # this process does nothing else: see return_freed_memory
+                           tune_allocator=True,  # a polyprune command's own process: see return_freed_memory
                            activation_dtype=cfg.activation_dtype, mask_metadata=mask_metadata_of(cfg),
                            **engine_options(cfg))
         data = config_data(cfg, src)
