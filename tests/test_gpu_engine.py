@@ -185,30 +185,31 @@ def test_torchrun_cli_run_equals_single_process_run(tmp_path, tiny_dir):
     assert rec["calibration"]["samples"] == 4  # the run's whole calibration, not one rank's share
 
 
-def test_more_ranks_than_samples_is_one_clear_error(tmp_path, tiny_dir):
+def _two_rank_prune_errors(tmp_path, tiny_dir, nsamples: int) -> list[str]:
+    """stderr of each of 2 gloo ranks of a CLI prune into ``tmp_path/r``; each must exit 2 with one line."""
     results = _launch(["-m", "polyprune", "prune"], ["--model", str(tiny_dir("llama")), "--calibration-file",
-                                                     str(tmp_path / "c.txt"), "--nsamples", "1", "--seqlen", "8",
-                                                     "--out", str(tmp_path / "r")], 2,
+                                                     str(tmp_path / "c.txt"), "--nsamples", str(nsamples),
+                                                     "--seqlen", "8", "--out", str(tmp_path / "r")], 2,
                       _write(tmp_path / "c.txt", "Le renard brun rapide saute par-dessus le chien paresseux. " * 20))
     for rc, _, err in results:
         assert rc == 2, err[-2000:]
-        assert "2 ranks but calibration set 'target' has only 1 sample(s)" in err
-        assert len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "r").exists()
+        assert len(err.strip().splitlines()) == 1, err[-2000:]
+    return [err for _, _, err in results]
 
+
+def test_more_ranks_than_samples_is_one_clear_error(tmp_path, tiny_dir):
+    for err in _two_rank_prune_errors(tmp_path, tiny_dir, nsamples=1):
+        assert "2 ranks but calibration set 'target' has only 1 sample(s)" in err
+    assert not (tmp_path / "r").exists()
 
 
 def test_existing_out_stops_every_rank(tmp_path, tiny_dir):
     """Rank 0 refuses an existing --out; the other ranks refuse it too instead of waiting for rank 0."""
     (tmp_path / "r").mkdir()
-    results = _launch(["-m", "polyprune", "prune"], ["--model", str(tiny_dir("llama")), "--calibration-file",
-                                                     str(tmp_path / "c.txt"), "--nsamples", "4", "--seqlen", "8",
-                                                     "--out", str(tmp_path / "r")], 2,
-                      _write(tmp_path / "c.txt", "Le renard brun rapide saute par-dessus le chien paresseux. " * 20))
-    for rc, _, err in results:
-        assert rc == 2, err[-2000:]
-        assert "already exists" in err and len(err.strip().splitlines()) == 1
+    for err in _two_rank_prune_errors(tmp_path, tiny_dir, nsamples=4):
+        assert "already exists" in err
     assert list((tmp_path / "r").iterdir()) == []
+
 
 def _write(path, text):
     path.write_text(text)
