@@ -4,7 +4,7 @@ and OS errors turned into one line.
 * ``check_name`` / ``child``: the one place that turns a user-supplied name (recipe, grid,
   evaluation or analysis name, cell label, language, output name) into a path. A name that
   could leave its folder is refused up front, naming the field.
-* ``atomic_write`` / ``write_json``: a temp file beside the target, renamed over it; on any
+* ``atomic_file`` / ``atomic_write`` / ``write_json``: a temp file beside the target, renamed over it; on any
   error the temp file is removed, so a full disk leaves nothing behind.
 * ``owned``: an exclusive, non-blocking ``filelock`` lock on a folder being written. The lock is
   ``flock``-based, so the OS drops it when its process dies (a killed writer never blocks the
@@ -61,15 +61,6 @@ def child(base: str | Path, name: Any, field: str, suffix: str = "") -> Path:
     return Path(base) / (check_name(name, field) + suffix)
 
 
-def within(base: str | Path, path: str | Path) -> bool:
-    """Whether ``path`` lies inside ``base`` (both resolved, symlinks followed)."""
-    try:
-        Path(path).resolve().relative_to(Path(base).resolve())
-        return True
-    except ValueError:
-        return False
-
-
 def with_path(e: OSError, path: str | Path) -> OSError:
     """The same OS error, naming ``path`` when the OS did not (a failed ``write`` names nothing)."""
     if e.filename is None and e.errno is not None:
@@ -107,17 +98,19 @@ def os_error_line(e: OSError) -> str:
     return f"cannot {verb}{where}: {cause}; {fix}"
 
 
-def atomic_write(path: str | Path, data: bytes | str) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder and a rename."""
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """A temp file beside ``path`` for the block to write (any writer that takes a file name); renamed
+    over ``path`` when the block succeeds, removed when it fails. OS errors name ``path``."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+        os.close(fd)
     except OSError as e:
         raise with_path(e, path.parent) from None
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException as e:
         with contextlib.suppress(OSError):
@@ -125,6 +118,12 @@ def atomic_write(path: str | Path, data: bytes | str) -> None:
         if isinstance(e, OSError):
             raise with_path(e, path) from None
         raise
+
+
+def atomic_write(path: str | Path, data: bytes | str) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same folder and a rename."""
+    with atomic_file(path) as tmp, os.fdopen(os.open(tmp, os.O_WRONLY | os.O_TRUNC), "wb") as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
 
 
 def write_json(path: str | Path, data: Any, default=str) -> None:

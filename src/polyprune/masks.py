@@ -6,9 +6,7 @@ parameter name (``model.layers.0.self_attn.q_proj.weight``).
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,12 +173,6 @@ def apply_masks(model: torch.nn.Module, masks: dict[str, torch.Tensor], strict: 
     return zeroed
 
 
-def atomic_path(path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
-    os.close(fd)
-    return Path(tmp)
-
-
 MASK_FORMAT = "polyprune-masks"
 BIT_ORDER = "little"  # bit i of byte j holds element 8·j + i of the row-major flattened mask
 
@@ -227,20 +219,16 @@ class MaskWriter:
 
 def save_masks(masks: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
     """Write masks (bool, True = kept) bit-packed to a safetensors file atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(path)
-    w = MaskWriter(tmp, metadata)
-    try:
-        for k in sorted(masks):
-            w.add(k, masks[k])
-        w.close()
-        os.replace(tmp, path)
-    except BaseException:
-        w.abort()
-        raise
-    finally:
-        tmp.unlink(missing_ok=True)
+    from .io import atomic_file
+    with atomic_file(path) as tmp:
+        w = MaskWriter(tmp, metadata)
+        try:
+            for k in sorted(masks):
+                w.add(k, masks[k])
+            w.close()
+        except BaseException:
+            w.abort()
+            raise
 
 
 def mask_metadata(path: str | Path) -> dict:

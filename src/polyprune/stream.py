@@ -374,8 +374,8 @@ def stream_prune(model_dir: str | Path, calibration: Any, out: str | Path, metho
                         "layer_write_s": io.write_s, "checkpoint_bytes": ckpt.nbytes(),
                         "model_bytes_in_memory_dtype": estimated_bytes(ckpt, dt)}
     if masks.permutations:
-        from safetensors.torch import save_file
-        save_file({k: v.contiguous() for k, v in masks.permutations.items()}, str(out / "permutations.safetensors"))
+        from .io import save_safetensors
+        save_safetensors({k: v.contiguous() for k, v in masks.permutations.items()}, out / "permutations.safetensors")
     return rec
 
 
