@@ -6,7 +6,7 @@ combined over the ranks, so every rank prunes with the statistics of all samples
 same masks. Running means become sums × counts, are summed, and become means again (Wanda's
 feature norms, the Hessians); the moments are merged with Chan's parallel formula; per-language
 sums are summed. Only the summation order differs from one process, so masks equal the
-single-process ones up to float rounding at ties (measured in tests/test_distributed.py).
+single-process ones up to float rounding at ties (measured in tests/test_gpu_engine.py).
 NCCL on GPUs, gloo on the CPU; only rank 0 writes the run folder.
 """
 from __future__ import annotations
@@ -109,21 +109,19 @@ def reduce_stats(stats: dict) -> None:
 
 
 def _merge_moments(ms, tokens: list[int]) -> None:
-    """Chan et al.'s pairwise merge of (count, mean, M2), ranks in order."""
+    """The ranks' (count, mean, M2) merged in rank order (:func:`polyprune.stats.merge_moments_`)."""
     import torch.distributed as dist
+
+    from .stats import merge_moments_
     n = len(tokens)
     means = [torch.empty_like(ms.mean) for _ in range(n)]
     m2s = [torch.empty_like(ms.m2) for _ in range(n)]
     dist.all_gather(means, ms.mean)
     dist.all_gather(m2s, ms.m2)
     count, mean, m2 = 0, torch.zeros_like(ms.mean), torch.zeros_like(ms.m2)
-    for t, mb, m2b in zip(tokens, means, m2s):
-        if not t:
-            continue
-        tot = count + t
-        delta = mb - mean
-        mean = mean + delta * (t / tot)
-        m2 = m2 + m2b + delta ** 2 * (count * t / tot)
-        count = tot
+    for n_b, mean_b, m2_b in zip(tokens, means, m2s):
+        if n_b:
+            merge_moments_(mean, m2, count, mean_b, m2_b, n_b)
+            count += n_b
     ms.mean.copy_(mean)
     ms.m2.copy_(m2)

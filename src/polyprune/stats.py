@@ -37,6 +37,16 @@ def column_norms(x: torch.Tensor) -> torch.Tensor:
     return torch.norm(x.t().to(torch.float32), p=2, dim=1)
 
 
+def merge_moments_(mean: torch.Tensor, m2: torch.Tensor, n_a: int, mean_b: torch.Tensor, m2_b: torch.Tensor,
+                   n_b: int) -> None:
+    """Chan et al.'s merge of (``n_b``, ``mean_b``, ``m2_b``) into (``n_a``, ``mean``, ``m2``), in place;
+    m2 = Σ (x - mean)². One float order for a batch of tokens and for a rank's statistics."""
+    tot = n_a + n_b
+    delta = mean_b - mean
+    mean += delta * (n_b / tot)
+    m2 += m2_b + delta ** 2 * (n_a * n_b / tot)
+
+
 @dataclass
 class ModuleStats:
     """Statistics of one Linear's inputs over one calibration set.
@@ -102,10 +112,7 @@ class ModuleStats:
             bm = xd.mean(0)
             bm2 = ((xd - bm) ** 2).sum(0)
             n_a = self.ntokens
-            tot = n_a + t
-            delta = bm - self.mean
-            self.mean += delta * (t / tot)
-            self.m2 += bm2 + delta ** 2 * (n_a * t / tot)
+            merge_moments_(self.mean, self.m2, n_a, bm, bm2, t)
         if "per_lang" in self.kinds and t:
             xf = x.to(torch.float32)
             sq = (xf * xf).sum(0)
