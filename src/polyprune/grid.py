@@ -60,7 +60,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 
 from . import io as _io
 from .errors import Interrupted, UserError
-from .run import swap_in, write_json
+from .run import remove_leftovers, swap_in, write_json  # remove_leftovers only while owning the cell
 
 log = logging.getLogger(__name__)
 
@@ -434,13 +434,13 @@ def _check_calibration(cfg, meth, labels, where, check_registries) -> None:
         raise UserError(f"{cell}: calibration file {cc.file} does not exist")
     if not check_registries:
         return
-    if cc.recipe or (cc.contrast and cc.contrast not in (None,)):
-        from . import calibrations  # noqa: F401  (registers the recipes)
-        from .calibration import RECIPES
-        for r in (cc.recipe, cc.contrast):
-            if r and r not in RECIPES:
-                raise UserError(f"{cell}: unknown calibration recipe {r!r}: choose one of "
-                                f"{', '.join(sorted(RECIPES)) or '(none registered)'}")
+    from .calibration import RECIPES
+    for r in (cc.recipe, cc.contrast):
+        if r:
+            try:
+                RECIPES.resolve(r)
+            except UserError as e:
+                raise UserError(f"{cell}: {e}") from None
     from .languages import get_language
     for code in [*cc.langs, cc.target_lang, cc.contrast_lang]:
         if code:
@@ -570,13 +570,6 @@ def is_done(folder: Path) -> bool:
     return why is None
 
 
-def clean_stale(folder: Path) -> None:
-    """Remove leftovers of an interrupted attempt at ``folder`` (temp and swapped-out folders).
-    Call it only while owning the cell (see ``execute_cell``): others' temp folders are not stale."""
-    from .run import remove_leftovers
-    remove_leftovers(folder)
-
-
 def _record(cell: Cell, out: Path, name: str, data: dict) -> None:
     """Replace the cell's folder by ``cell.json`` + ``name`` (no DONE: the cell is redone)."""
     folder = Path(out) / cell.dirname
@@ -688,7 +681,7 @@ def execute_cell(cell: Cell, out: str | Path, cache: ModelCache | None = None,
 
 
 def _execute_owned(cell: Cell, out: Path, folder: Path, cache: ModelCache, data_dir: str | None) -> dict:
-    clean_stale(folder)
+    remove_leftovers(folder)
     t0 = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=str(out)))
     try:
@@ -887,7 +880,7 @@ def sweep_leftovers(grid: Grid, out: Path) -> None:
             folder = Path(out) / c.dirname
             lock = _io.try_own(folder)
             if lock is not None:
-                clean_stale(folder)
+                remove_leftovers(folder)
                 _io.release(lock, folder)
 
 
@@ -987,7 +980,7 @@ def _run_child(cell: Cell, out: Path, data_dir: str | None, procs: set) -> dict:
     if st["status"] == "done":
         return {"status": "done", "seconds": secs, "error": None}
     if _STOP.is_set() or proc.returncode == 130:  # the grid (or the child) was interrupted
-        clean_stale(out / cell.dirname)
+        remove_leftovers(out / cell.dirname)
         record_interrupted(cell, out)
         return {"status": "interrupted", "seconds": secs, "error": None}
     if proc.returncode != 1 or st["status"] != "failed":
@@ -995,7 +988,7 @@ def _run_child(cell: Cell, out: Path, data_dir: str | None, procs: set) -> dict:
         why = f"killed by signal {-rc}" if rc < 0 else f"exited with code {rc}"
         tail = _tail(logs / f"{cell.dirname}.log")
         msg = f"cell process {why} (log: {logs / (cell.dirname + '.log')})"
-        clean_stale(out / cell.dirname)
+        remove_leftovers(out / cell.dirname)
         record_failure(cell, out, msg, tail)
         return {"status": "failed", "seconds": secs, "error": msg}
     return {"status": "failed", "seconds": secs, "error": st["error"]}
@@ -1083,7 +1076,7 @@ def _run_ray(cells: list[Cell], out: Path, data_dir, address: str, res: Resource
                 results[c.id] = ray.get(r)
             except Exception as e:  # noqa: BLE001  (worker crash, OOM kill, …)
                 msg = f"ray task failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                clean_stale(out / c.dirname)
+                remove_leftovers(out / c.dirname)
                 record_failure(c, out, msg, str(e)[-4000:])
                 results[c.id] = {"status": "failed", "seconds": 0.0, "error": msg}
             disp.finish(c, results[c.id])
