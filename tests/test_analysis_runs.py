@@ -62,15 +62,15 @@ def test_magnitudes_from_kept_stats(setup):
     s = res["magnitudes"]
     assert s["module"] == "self_attn.q_proj" and s["layers"] == [0, 1]
     rows = _load(out / "magnitudes_overlap.json")
-    row = next(r for r in rows if r["layer"] == 1 and r["top_of"] == "fra→eng" and r["bottom_of"] == "eng")
+    row = next(r for r in rows if r["layer"] == 1 and r["top_of"] == "file:fra>eng" and r["bottom_of"] == "file:eng")
     key = "model.layers.1.self_attn.q_proj.weight::target::scaler_row"
     a = load_file(str(runs["fra_eng"] / "stats.safetensors"))[key].sqrt()
     b = load_file(str(runs["eng0"] / "stats.safetensors"))[key].sqrt()
     assert row["overlap"] == pytest.approx(overlap_ratio(a, b, 0.25))
     uniq = _load(out / "magnitudes_unique.json")
     assert {r["k"] for r in uniq} == {20, 32}  # k capped at the 32 features of the tiny model
-    assert all(set(r) >= {"absent_from_fra", "absent_from_eng", "absent_from_all"} for r in uniq)
-    assert all(r["absent_from_all"] <= min(r["absent_from_fra"], r["absent_from_eng"]) for r in uniq)
+    assert all(set(r) >= {"absent_from_file:fra", "absent_from_file:eng", "absent_from_all"} for r in uniq)
+    assert all(r["absent_from_all"] <= min(r["absent_from_file:fra"], r["absent_from_file:eng"]) for r in uniq)
     for f in ("magnitudes_quadrants.png", "magnitudes_quadrants.pdf", "magnitudes_overlap_layers.png"):
         assert (out / "figures" / f).stat().st_size > 1000
 
@@ -80,7 +80,7 @@ def test_mask_iou_matches_direct_count(setup):
     root, _, runs, _ = setup
     out = root / "iou"
     res = analyze([runs["eng0"], runs["eng1"], runs["fra"]], ["mask_iou"], out)["mask_iou"]
-    assert res["groups"] == {"eng": 2, "fra": 1}
+    assert res["groups"] == {"file:eng": 2, "file:fra": 1}
     m0, m1, mf = load_masks(runs["eng0"]), load_masks(runs["eng1"]), load_masks(runs["fra"])
     inter = union = 0
     for k in m0:
@@ -88,7 +88,7 @@ def test_mask_iou_matches_direct_count(setup):
         b = ~mf[k]
         inter += int((a & b).sum())
         union += int((a | b).sum())
-    assert res["overall"]["eng vs fra"] == pytest.approx(inter / union)
+    assert res["overall"]["file:eng vs file:fra"] == pytest.approx(inter / union)
     assert (out / "mask_iou_seeds.csv").is_file() and (out / "figures" / "mask_iou_overall.png").is_file()
 
 
@@ -157,7 +157,7 @@ def test_lape_counts_and_lsar(setup):
     opts = Options(langs=["eng_Latn", "fra_Latn", "deu_Latn"], data_dir=str(data), nsentences=6, top_rate=0.05)
     res = analyze([runs["eng0"], runs["fra"]], ["lsar", "lape"], out, opts)
     lape_rows = _load(out / "lape_runs.json")
-    assert {r["run"] for r in lape_rows} == {"eng", "fra"}
+    assert {r["run"] for r in lape_rows} == {"file:eng", "file:fra"}
     for r in lape_rows:
         assert r["still_specific"] + r["lost"] == r["neurons"]
     assert sum(res["lape"]["dense_neurons_per_lang"].values()) > 0

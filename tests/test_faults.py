@@ -331,7 +331,7 @@ def test_full_disk_in_a_cell_fails_that_cell_without_temp_folders(tmp_path, monk
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp / "masks.safetensors"))
         (tmp / "results").mkdir()
         (tmp / "results" / "x.json").write_text("{}")
-    monkeypatch.setattr("polyprune.grid._do_cell", fake)
+    monkeypatch.setattr("polyprune.grid.cells._do_cell", fake)
     s = run_grid(g, tmp_path, in_process=True, show=False)
     assert s.done == 1 and "No space left on device" in s.failed[0][1]
     assert dot_entries(tmp_path) == []
@@ -388,7 +388,7 @@ def test_grid_cells_owned_elsewhere_are_left_to_their_owner(tmp_path, monkeypatc
         calls.append(cell.labels["sparsity"])
         (tmp / "results").mkdir()
         (tmp / "results" / "x.json").write_text(json.dumps({"s": cell.labels["sparsity"]}))
-    monkeypatch.setattr("polyprune.grid._do_cell", fake)
+    monkeypatch.setattr("polyprune.grid.cells._do_cell", fake)
     g = grid_from_dict({"name": "t", "dense": False, "axes": {"methods": ["magnitude"], "sparsities": [0.5, 0.6, 0.7]}})
     from polyprune.grid import prepare_out
     prepare_out(g, tmp_path)
@@ -426,7 +426,7 @@ def test_execute_cell_claim_is_atomic_under_threads(tmp_path, monkeypatch):
         time.sleep(0.2)
         (tmp / "results").mkdir()
         (tmp / "results" / "x.json").write_text("{}")
-    monkeypatch.setattr("polyprune.grid._do_cell", fake)
+    monkeypatch.setattr("polyprune.grid.cells._do_cell", fake)
     cell = Cell("abc", "prune", {"model": "m", "method": "magnitude", "sparsity": "0.5", "calibration": "-",
                                  "seed": "0"}, {"model": "m", "method": "magnitude"})
     res = []
@@ -450,7 +450,7 @@ def _fake_cell_grid(monkeypatch, calls):
         (tmp / "results").mkdir()
         (tmp / "results" / "x.json").write_text(json.dumps(
             {"task": "perplexity", "primary": {"metric": "ppl", "per_lang": {"eng_Latn": 2.0}, "average": 2.0}}))
-    monkeypatch.setattr("polyprune.grid._do_cell", fake)
+    monkeypatch.setattr("polyprune.grid.cells._do_cell", fake)
     return grid_from_dict({"name": "t", "dense": False, "axes": {"methods": ["magnitude"], "sparsities": [0.5, 0.6]}})
 
 

@@ -131,7 +131,7 @@ def test_cli_bad_grid_exits_2_and_starts_nothing(tmp_path):
 
 
 def test_output_dir_of_another_grid_is_refused(tmp_path, cal_file, monkeypatch):
-    monkeypatch.setattr("polyprune.grid._do_cell", lambda cell, tmp, cache, data_dir: None)
+    monkeypatch.setattr("polyprune.grid.cells._do_cell", lambda cell, tmp, cache, data_dir: None)
     g1 = grid_from_dict({"name": "one", "dense": False, "axes": {"methods": ["magnitude"]}})
     run_grid(g1, tmp_path, in_process=True, show=False)
     before = (tmp_path / "grid.json").read_text()
@@ -156,7 +156,7 @@ def test_failed_cell_is_recorded_grid_goes_on_and_resume_redoes_only_it(tmp_path
         (tmp / "results").mkdir()
         (tmp / "results" / "x.json").write_text("{}")
 
-    monkeypatch.setattr("polyprune.grid._do_cell", fake)
+    monkeypatch.setattr("polyprune.grid.cells._do_cell", fake)
     g = grid_from_dict({"name": "t", "dense": False, "axes": {"methods": ["magnitude"], "sparsities": [0.5, 0.6, 0.7]}})
     s = run_grid(g, tmp_path, in_process=True, show=False)
     assert (s.done, len(s.failed)) == (2, 1) and not s.ok
@@ -244,7 +244,7 @@ def test_execute_cell_leaves_nothing_visible_before_done(tmp_path, monkeypatch):
         (tmp / "partial.txt").write_text("x")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("polyprune.grid._do_cell", fake)
+    monkeypatch.setattr("polyprune.grid.cells._do_cell", fake)
     cell = Cell("abc", "prune", {"model": "m", "method": "magnitude", "sparsity": "0.5", "calibration": "-",
                                  "seed": "0"}, {"model": "m", "method": "magnitude"})
     with pytest.raises(KeyboardInterrupt):

@@ -1,5 +1,5 @@
-"""Plumbing shared by the analyses: run loading and labels, staged output (tables as CSV + JSON,
-figures as PNG + PDF), evaluation text per language."""
+"""Plumbing shared by the analyses: run loading and labels (the scheme of :mod:`polyprune.labels`),
+staged output (tables as CSV + JSON, figures as PNG + PDF), evaluation text per language."""
 from __future__ import annotations
 
 import csv
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
+from ..labels import calibration_label
 
 if TYPE_CHECKING:
     import torch
@@ -52,12 +53,9 @@ class RunInfo:
 
     @property
     def group(self) -> str:
-        """Short key of the calibration, seed left out (runs of one group differ only by seed)."""
-        c = self.cfg.calibration
-        langs = "+".join(short(x) for x in self.calib_langs) or (Path(c.file).stem if c.file else "none")
-        if self.target_lang:
-            return f"{langs}→{short(self.target_lang)}"
-        return langs
+        """The calibration label of grid cells and report rows (``file:eng``, ``text:fra>eng``), seed
+        left out: runs of one group differ only by seed."""
+        return calibration_label(self.cfg.calibration.model_dump(mode="json"))
 
     @property
     def label(self) -> str:
@@ -71,10 +69,6 @@ class RunInfo:
         if not names:
             names = Path(self.cfg.calibration.file).stem if self.cfg.calibration.file else self.path.name
         return f"{names}→{lang_name(self.target_lang)}" if self.target_lang else names
-
-
-def short(code: str) -> str:
-    return code.split("_", 1)[0]
 
 
 def lang_name(code: str | None) -> str:
