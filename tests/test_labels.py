@@ -8,7 +8,7 @@ from polyprune.config import validate_config
 from polyprune.grid import grid_from_dict, load_grid
 from polyprune.labels import calibration_label, dense_labels, run_labels
 
-# the cell folders of recipes/kurz2025-small.yaml, read before grid.py became a package: a change
+# the cell folders of recipes/kurz2025-small.yaml (hash version 1), written out by hand: a change
 # here renames the folders of every finished run of that grid
 KURZ2025_SMALL = [
     "embedded-dense-29c021149f",
