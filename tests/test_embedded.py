@@ -232,14 +232,14 @@ def _fake_convert(calls):
         out.mkdir()
         for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
             (out / name).write_text("{}")
-        info = {"format": embedded.FORMAT_VERSION, "versions": embedded._package_versions()}
+        info = {"format": embedded.FORMAT_VERSION, "versions": embedded.convert._package_versions()}
         (out / embedded.MARKER).write_text(json.dumps(info))
     return convert
 
 
 def test_atomic_conversion_and_cleanup(tmp_path, monkeypatch):
-    monkeypatch.setattr(embedded, "_require_demo_packages", lambda: None)
-    monkeypatch.setattr(embedded, "_check_free_space", lambda root: None)
+    monkeypatch.setattr(embedded.cache, "_require_demo_packages", lambda: None)
+    monkeypatch.setattr(embedded.cache, "_check_free_space", lambda root: None)
     target = tmp_path / embedded.EMBEDDED_DIRNAME
 
     # an interrupted conversion: an exception leaves neither the target nor a temp folder
@@ -248,7 +248,7 @@ def test_atomic_conversion_and_cleanup(tmp_path, monkeypatch):
         (out / "config.json").write_text("{}")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(embedded, "_convert", broken)
+    monkeypatch.setattr(embedded.cache, "_convert", broken)
     with pytest.raises(KeyboardInterrupt):
         embedded.ensure_embedded(tmp_path)
     assert not target.exists()
@@ -259,7 +259,7 @@ def test_atomic_conversion_and_cleanup(tmp_path, monkeypatch):
     target.mkdir()
     (target / "config.json").write_text("{}")
     calls: list[Path] = []
-    monkeypatch.setattr(embedded, "_convert", _fake_convert(calls))
+    monkeypatch.setattr(embedded.cache, "_convert", _fake_convert(calls))
     assert embedded.ensure_embedded(tmp_path) == target
     assert len(calls) == 1 and (target / embedded.MARKER).is_file()
     assert not list(tmp_path.glob(f".{embedded.EMBEDDED_DIRNAME}.tmp-*"))
@@ -279,8 +279,8 @@ def test_atomic_conversion_and_cleanup(tmp_path, monkeypatch):
 def test_concurrent_callers_convert_once(tmp_path, monkeypatch):
     import threading
 
-    monkeypatch.setattr(embedded, "_require_demo_packages", lambda: None)
-    monkeypatch.setattr(embedded, "_check_free_space", lambda root: None)
+    monkeypatch.setattr(embedded.cache, "_require_demo_packages", lambda: None)
+    monkeypatch.setattr(embedded.cache, "_check_free_space", lambda root: None)
     calls: list[Path] = []
     fake = _fake_convert(calls)
 
@@ -288,7 +288,7 @@ def test_concurrent_callers_convert_once(tmp_path, monkeypatch):
         time.sleep(0.3)
         fake(work, out)
 
-    monkeypatch.setattr(embedded, "_convert", slow)
+    monkeypatch.setattr(embedded.cache, "_convert", slow)
     results: list[Path] = []
     threads = [threading.Thread(target=lambda: results.append(embedded.ensure_embedded(tmp_path)))
                for _ in range(3)]
