@@ -10,7 +10,9 @@ imports):
 - ``rows-hand`` / ``rows-lib``: 2,000 random rows of one matrix read one by one into an
   embedding-style buffer (``os.pread`` as ``Checkpoint.lazy_rows`` does vs ``get_slice(name)[r:r+1]``);
 - ``write-hand`` / ``write-lib``: the same 32 matrices made one at a time and written
-  (``SafetensorsWriter``, tensor by tensor, vs ``save_file``, which needs them all at once).
+  (``SafetensorsWriter``, tensor by tensor, vs ``save_file``, which needs them all at once);
+- ``shard-hand`` / ``shard-lib``: the 32 matrices already in memory written as one file
+  (``save_tensors`` vs ``save_file``), peak RSS above the process holding them.
 
     python benchmarks/tensorfile_io.py --dir /tmp/st-bench
 
@@ -99,6 +101,14 @@ def run_mode(mode: str, folder: Path) -> dict:
     elif mode == "write-lib":
         tensors = {f"m{i:03d}": _matrix(i) for i in range(N)}
         save_file(tensors, str(folder / "out.safetensors"), {"format": "pt"})
+    elif mode in ("shard-hand", "shard-lib"):  # a dict already in memory, as a streamed model shard
+        from polyprune.tensorfile import save_tensors
+        tensors = {f"m{i:03d}": torch.full(SHAPE, float(i), dtype=torch.bfloat16) for i in range(N)}
+        base, t0 = _rss_mb(), time.perf_counter()
+        if mode == "shard-hand":
+            save_tensors(folder / "out.safetensors", tensors, {"format": "pt"})
+        else:
+            save_file(tensors, str(folder / "out.safetensors"), {"format": "pt"})
     else:
         raise SystemExit(f"unknown mode {mode}")
     seconds = time.perf_counter() - t0
@@ -122,13 +132,13 @@ def main() -> None:
             w.add(f"m{i:03d}", _matrix(i))
         w.close()
     results = {}
-    for mode in ("read-hand", "read-lib", "read-lib-one-handle", "rows-hand", "rows-lib", "write-hand", "write-lib"):
+    for mode in ("read-hand", "read-lib", "read-lib-one-handle", "rows-hand", "rows-lib", "write-hand", "write-lib", "shard-hand", "shard-lib"):
         out = subprocess.run([sys.executable, __file__, "--mode", mode, "--dir", str(args.dir)],
                              check=True, capture_output=True, text=True).stdout
         results[mode] = json.loads(out.strip().splitlines()[-1])
         print(json.dumps(results[mode]), flush=True)
     (args.dir / "out.safetensors").unlink(missing_ok=True)
-    for what in ("read", "rows", "write"):
+    for what in ("read", "rows", "write", "shard"):
         h, lib = results[f"{what}-hand"], results[f"{what}-lib"]
         print(f"{what}: time hand/lib {h['seconds'] / lib['seconds']:.2f}, peak RSS hand/lib "
               f"{h['peak_rss_above_imports_mb'] / max(lib['peak_rss_above_imports_mb'], 1e-9):.2f}")
