@@ -298,3 +298,36 @@ def test_concurrent_callers_convert_once(tmp_path, monkeypatch):
         thread.join()
     assert results == [tmp_path / embedded.EMBEDDED_DIRNAME] * 3
     assert len(calls) == 1
+
+
+def test_public_names_of_the_package():
+    """The demo model's code is a subpackage; its public names stay where callers import them."""
+    from polyprune.embedded import (EMBEDDED_DIRNAME, MARKER, build_tokenizer, default_cache_dir, ensure_embedded,
+                                    read_gguf_metadata)
+    from polyprune.embedded import cache, convert, gguf, tokenizer
+    assert ensure_embedded is cache.ensure_embedded and default_cache_dir is cache.default_cache_dir
+    assert build_tokenizer is tokenizer.build_tokenizer and read_gguf_metadata is gguf.read_gguf_metadata
+    assert (EMBEDDED_DIRNAME, MARKER) == ("gemma-3-270m", "polyprune_embedded.json") == (convert.EMBEDDED_DIRNAME,
+                                                                                         convert.MARKER)
+
+
+def test_gguf_metadata_reader(tmp_path):
+    """Scalars, strings and arrays of a small hand-made GGUF v3 header."""
+    import struct
+
+    def s(text: str) -> bytes:
+        raw = text.encode()
+        return struct.pack("<Q", len(raw)) + raw
+
+    body = (s("general.name") + struct.pack("<I", 8) + s("tiny")
+            + s("n") + struct.pack("<I", 4) + struct.pack("<I", 7)
+            + s("scores") + struct.pack("<IIQ", 9, 6, 2) + struct.pack("<ff", 0.5, -1.0)
+            + s("tokens") + struct.pack("<IIQ", 9, 8, 2) + s("a") + s("▁b"))
+    path = tmp_path / "t.gguf"
+    path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 4) + body)
+    meta = embedded.read_gguf_metadata(path)
+    assert meta["general.name"] == "tiny" and meta["n"] == 7 and meta["tokens"] == ["a", "▁b"]
+    assert meta["scores"].tolist() == [0.5, -1.0]
+    path.write_bytes(b"GGML" + b"\0" * 20)
+    with pytest.raises(ValueError, match="not a GGUF file"):
+        embedded.read_gguf_metadata(path)

@@ -90,3 +90,30 @@ def test_lazy_rows_read_only_the_rows_looked_up(tmp_path):
     for r in range(10):
         want = table[r].float() if r in (0, 3, 7) else torch.zeros(4)
         assert torch.equal(rows[r], want), r
+
+
+def test_writer_output_is_what_safetensors_reads(tmp_path):
+    from safetensors import safe_open
+    tensors = _tensors()
+    src = _write(tmp_path / "ck", tensors)
+    w = SafetensorsWriter(tmp_path / "copy.safetensors", {"format": "pt", "note": "x"})
+    w.add_from("bf", Checkpoint(tmp_path / "ck"))  # raw bytes straight from a checkpoint
+    w.add("half", tensors["half"])
+    with pytest.raises(ValueError, match="duplicate tensor half"):
+        w.add("half", tensors["half"])
+    w.close()
+    assert w.nbytes == 5 * 7 * 2 + 3 * 4 * 2
+    with safe_open(str(tmp_path / "copy.safetensors"), "pt") as f:
+        assert f.metadata() == {"format": "pt", "note": "x"}
+        assert sorted(f.keys()) == ["bf", "half"]
+        assert f.get_tensor("bf").dtype == torch.bfloat16 and torch.equal(f.get_tensor("bf"), tensors["bf"])
+        assert torch.equal(f.get_tensor("half"), tensors["half"])
+    assert not list(tmp_path.glob(".*.data"))
+    assert src.is_file()
+
+
+def test_an_aborted_writer_leaves_nothing(tmp_path):
+    w = SafetensorsWriter(tmp_path / "x.safetensors")
+    w.add("a", torch.ones(3))
+    w.abort()
+    assert list(tmp_path.iterdir()) == []

@@ -205,14 +205,14 @@ class SafetensorsWriter:
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
         raw = _raw(tensor)
+        self._entry(name, tensor.dtype, tensor.shape, raw.nbytes)  # a duplicate is refused before any byte
         self.data.write(raw)
-        self._entry(name, tensor.dtype, tensor.shape, raw.nbytes)
 
     def add_from(self, name: str, ckpt: Checkpoint, source_name: str | None = None) -> None:
         """Copy a tensor's bytes straight from a checkpoint."""
         src = source_name or name
-        ckpt.copy_bytes(src, self.data)
         self._entry(name, ckpt.dtype(src), ckpt.shape(src), ckpt.nbytes([src]))
+        ckpt.copy_bytes(src, self.data)
 
     @property
     def nbytes(self) -> int:
