@@ -1,8 +1,7 @@
 """Hand-written safetensors I/O (:mod:`polyprune.tensorfile`) against the ``safetensors`` library.
 
 Writes a ~1 GB checkpoint (32 matrices of 4096 × 4096, fp16 and bf16 alternating) and measures,
-each mode in a fresh subprocess (peak RSS by ``resource.getrusage``, above the process after its
-imports):
+each mode in a fresh subprocess (peak RSS: ``VmHWM`` above ``VmRSS`` after the imports):
 
 - ``read-hand`` / ``read-lib`` / ``read-lib-one-handle``: every tensor read once (``readinto`` a
   private buffer, as ``Checkpoint.load`` did, vs ``Checkpoint.load`` now: one ``safe_open`` +
@@ -23,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -32,11 +30,15 @@ from pathlib import Path
 N, SHAPE, ROWS = 32, (4096, 4096), 2000
 
 
-def _rss_mb() -> float:
+def _status_mb(key: str) -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{key}:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def _rss_mb() -> float:
+    return _status_mb("VmRSS")
 
 
 def _matrix(i: int):
@@ -112,7 +114,7 @@ def run_mode(mode: str, folder: Path) -> dict:
     else:
         raise SystemExit(f"unknown mode {mode}")
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _status_mb("VmHWM")  # not ru_maxrss, which carries the parent's peak over fork + exec
     return {"mode": mode, "seconds": round(seconds, 3), "peak_rss_above_imports_mb": round(peak - base, 1)}
 
 

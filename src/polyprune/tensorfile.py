@@ -39,12 +39,13 @@ class Checkpoint:
 
     The byte ranges are what ``safe_open`` does not expose: raw copies (:meth:`copy_bytes`), row
     reads (:meth:`lazy_rows`) and hashing of a base use them. Whole tensors are read by ``safe_open``
-    (:meth:`load`). Measured on a 1.07 GB file (32 × 4096², fp16/bf16, warm page cache, one run;
-    hand-written ÷ library): reading every tensor once, time 7.4, peak RSS 1.9 (the hand-written
-    reader copied into a private buffer: 2.63 s, 69 MB above imports; one ``safe_open`` per tensor:
-    0.35 s, 37 MB; one handle kept open for the whole file: 0.29 s but 1029 MB, every page it touched
-    stays mapped, hence one handle per call). Row-by-row reads of 2,000 rows of one matrix, time 1.02,
-    peak RSS 0.68 (``get_slice`` rows fault in whole pages around each row): :meth:`lazy_rows` keeps
+    (:meth:`load`). Measured on a 1.07 GB file (32 × 4096², fp16/bf16, warm page cache,
+    ``benchmarks/tensorfile_io.py``, one run, load average 8 on 2 cores; hand-written ÷ library):
+    reading every tensor once, time 6.7, peak RSS 1.9 (the hand-written reader copied into a private
+    buffer: 3.46 s, 68 MB above imports; one ``safe_open`` per tensor: 0.52 s, 37 MB; one handle kept
+    open for the whole file: 0.48 s but 1029 MB, as every page it touched stays mapped, hence one
+    handle per call). Row-by-row reads of 2,000 rows of one matrix: time 0.82, peak RSS 0.68
+    (``get_slice`` rows fault in whole pages around each row), so :meth:`lazy_rows` keeps
     ``os.pread``."""
 
     def __init__(self, folder: str | Path):
@@ -164,8 +165,10 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
     written, where ``save_file`` would need every converted copy at once. Returns the data bytes.
 
     ``save_file`` 0.8 no longer assembles the file in memory either: for 1.07 GB already in memory
-    (``benchmarks/tensorfile_io.py``, shard modes, one run; hand-written ÷ library) time 0.95, extra
-    peak RSS 1.3 MB vs 0. What keeps this function is the one-at-a-time ``dtypes`` conversion."""
+    (``benchmarks/tensorfile_io.py``, shard modes, one run, load average 8 on 2 cores) extra peak RSS
+    1.6 MB vs 0.3 MB, time 3.1 s vs 9.7 s (an earlier run: 7.7 s vs 8.0 s; under this load the times
+    are noise, the memory is not). What keeps this function is the one-at-a-time ``dtypes``
+    conversion."""
     dtypes = {k: dtypes.get(k, t.dtype) if dtypes else t.dtype for k, t in tensors.items()}
     header, offset = {}, 0
     for name, t in tensors.items():
@@ -185,9 +188,9 @@ class SafetensorsWriter:
 
     Not ``safetensors.torch.save_file``: it needs every tensor of the file at once, while streamed
     runs and exports produce them one matrix at a time. Measured for a 1.07 GB file (32 × 4096²,
-    fp16/bf16, each made just before it is written; ``benchmarks/tensorfile_io.py``, one run;
-    hand-written ÷ library): peak RSS 0.09 (100 MB vs 1091 MB above imports), time 1.37 (31.9 s vs
-    23.3 s on 2 shared cores, the side file is copied once more on close)."""
+    fp16/bf16, each made just before it is written; ``benchmarks/tensorfile_io.py``, one run, load
+    average 8 on 2 cores; hand-written ÷ library): peak RSS 0.09 (100 MB vs 1091 MB above imports),
+    time 1.12 (24.8 s vs 22.0 s: the side file is copied once more on close)."""
 
     def __init__(self, path: str | Path, metadata: dict[str, str] | None = None):
         self.path = Path(path)
