@@ -232,14 +232,14 @@ def _fake_convert(calls):
         out.mkdir()
         for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
             (out / name).write_text("{}")
-        info = {"format": embedded.FORMAT_VERSION, "versions": embedded._package_versions()}
+        info = {"format": embedded.FORMAT_VERSION, "versions": embedded.convert._package_versions()}
         (out / embedded.MARKER).write_text(json.dumps(info))
     return convert
 
 
 def test_atomic_conversion_and_cleanup(tmp_path, monkeypatch):
-    monkeypatch.setattr(embedded, "_require_demo_packages", lambda: None)
-    monkeypatch.setattr(embedded, "_check_free_space", lambda root: None)
+    monkeypatch.setattr(embedded.cache, "_require_demo_packages", lambda: None)
+    monkeypatch.setattr(embedded.cache, "_check_free_space", lambda root: None)
     target = tmp_path / embedded.EMBEDDED_DIRNAME
 
     # an interrupted conversion: an exception leaves neither the target nor a temp folder
@@ -248,7 +248,7 @@ def test_atomic_conversion_and_cleanup(tmp_path, monkeypatch):
         (out / "config.json").write_text("{}")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(embedded, "_convert", broken)
+    monkeypatch.setattr(embedded.cache, "_convert", broken)
     with pytest.raises(KeyboardInterrupt):
         embedded.ensure_embedded(tmp_path)
     assert not target.exists()
@@ -259,7 +259,7 @@ def test_atomic_conversion_and_cleanup(tmp_path, monkeypatch):
     target.mkdir()
     (target / "config.json").write_text("{}")
     calls: list[Path] = []
-    monkeypatch.setattr(embedded, "_convert", _fake_convert(calls))
+    monkeypatch.setattr(embedded.cache, "_convert", _fake_convert(calls))
     assert embedded.ensure_embedded(tmp_path) == target
     assert len(calls) == 1 and (target / embedded.MARKER).is_file()
     assert not list(tmp_path.glob(f".{embedded.EMBEDDED_DIRNAME}.tmp-*"))
@@ -279,8 +279,8 @@ def test_atomic_conversion_and_cleanup(tmp_path, monkeypatch):
 def test_concurrent_callers_convert_once(tmp_path, monkeypatch):
     import threading
 
-    monkeypatch.setattr(embedded, "_require_demo_packages", lambda: None)
-    monkeypatch.setattr(embedded, "_check_free_space", lambda root: None)
+    monkeypatch.setattr(embedded.cache, "_require_demo_packages", lambda: None)
+    monkeypatch.setattr(embedded.cache, "_check_free_space", lambda root: None)
     calls: list[Path] = []
     fake = _fake_convert(calls)
 
@@ -288,7 +288,7 @@ def test_concurrent_callers_convert_once(tmp_path, monkeypatch):
         time.sleep(0.3)
         fake(work, out)
 
-    monkeypatch.setattr(embedded, "_convert", slow)
+    monkeypatch.setattr(embedded.cache, "_convert", slow)
     results: list[Path] = []
     threads = [threading.Thread(target=lambda: results.append(embedded.ensure_embedded(tmp_path)))
                for _ in range(3)]
@@ -298,3 +298,36 @@ def test_concurrent_callers_convert_once(tmp_path, monkeypatch):
         thread.join()
     assert results == [tmp_path / embedded.EMBEDDED_DIRNAME] * 3
     assert len(calls) == 1
+
+
+def test_public_names_of_the_package():
+    """The demo model's code is a subpackage; its public names stay where callers import them."""
+    from polyprune.embedded import (EMBEDDED_DIRNAME, MARKER, build_tokenizer, default_cache_dir, ensure_embedded,
+                                    read_gguf_metadata)
+    from polyprune.embedded import cache, convert, gguf, tokenizer
+    assert ensure_embedded is cache.ensure_embedded and default_cache_dir is cache.default_cache_dir
+    assert build_tokenizer is tokenizer.build_tokenizer and read_gguf_metadata is gguf.read_gguf_metadata
+    assert (EMBEDDED_DIRNAME, MARKER) == ("gemma-3-270m", "polyprune_embedded.json") == (convert.EMBEDDED_DIRNAME,
+                                                                                         convert.MARKER)
+
+
+def test_gguf_metadata_reader(tmp_path):
+    """Scalars, strings and arrays of a small hand-made GGUF v3 header."""
+    import struct
+
+    def s(text: str) -> bytes:
+        raw = text.encode()
+        return struct.pack("<Q", len(raw)) + raw
+
+    body = (s("general.name") + struct.pack("<I", 8) + s("tiny")
+            + s("n") + struct.pack("<I", 4) + struct.pack("<I", 7)
+            + s("scores") + struct.pack("<IIQ", 9, 6, 2) + struct.pack("<ff", 0.5, -1.0)
+            + s("tokens") + struct.pack("<IIQ", 9, 8, 2) + s("a") + s("▁b"))
+    path = tmp_path / "t.gguf"
+    path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 4) + body)
+    meta = embedded.read_gguf_metadata(path)
+    assert meta["general.name"] == "tiny" and meta["n"] == 7 and meta["tokens"] == ["a", "▁b"]
+    assert meta["scores"].tolist() == [0.5, -1.0]
+    path.write_bytes(b"GGML" + b"\0" * 20)
+    with pytest.raises(ValueError, match="not a GGUF file"):
+        embedded.read_gguf_metadata(path)

@@ -104,3 +104,14 @@ def test_cli_export(tiny_dir, tmp_path):
     assert ": dense," in r.output and "AutoModelForCausalLM.from_pretrained" in r.output
     rep = json.loads((tmp_path / "ct" / "compression_report.json").read_text())
     assert rep["dense_bytes"] == sum(v.numel() * 2 for k, v in dense_of(run).items())  # llama: lm_head untied
+
+
+def test_public_names_of_the_package():
+    """formats is a package (codecs, export, archive); its names stay importable from polyprune.formats."""
+    import polyprune.formats as f
+    from polyprune.formats import archive, compress, export
+    assert f.export_compressed is export.export_compressed and f.decompress is archive.decompress
+    assert f.load_archive is archive.load_archive and f.is_archive is archive.is_archive
+    assert f.choose_format is compress.choose_format and f.SPARSE["sparse-bitmask"] is compress.bitmask_compress
+    assert f.FORMATS == ("auto", "dense", "pack-quantized", "int-quantized", "sparse-bitmask", "sparse-24-bitmask")
+    assert f.choose_format("auto", None, False, True) == "dense"

@@ -1,6 +1,10 @@
 """The demo: dense, magnitude and Wanda (50 %) calibrated on English, French, Chinese and Swahili,
 each scored by per-language perplexity on held-out FLORES lines — a grid run in-process on the
-embedded model, offline, in minutes on a laptop CPU."""
+embedded model, offline, in minutes on a laptop CPU.
+
+A module of the top layer (it runs a grid and writes a report), apart from the
+:mod:`polyprune.embedded` package, which sits low because ``--model embedded`` resolves through it:
+nested under a ``demo`` package, importing the model code would import the demo layer."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,132 +1,20 @@
-"""Export a run as a checkpoint other tools load, or as a compact archive polyprune reads back.
-
-Formats (``--format``):
-
-- ``dense`` (the default for runs that are not quantised; alias ``hf``): a standard Hugging Face
-  checkpoint written by ``save_pretrained`` (sharded safetensors in the chosen dtype, config,
-  tokenizer, generation config) with the pruned zeros in place and no ``quantization_config``:
-  plain transformers and vLLM load it as it is;
-- ``pack-quantized`` (the default for quantised runs) / ``int-quantized``: compressed-tensors
-  W4A16 / W8A16 (``quant_method: compressed-tensors``): int2–int8 codes packed into int32 (or int8
-  codes in int8) with per-group / per-row scales, written by the library's own compressors; pruned
-  + quantised runs carry a ``dense`` ``sparsity_config`` (the zeros are exact codes);
-- ``sparse-bitmask`` / ``sparse-24-bitmask`` (only when asked for by name): polyprune archives with
-  compressed-tensors' (≤ 0.14) bitmask tensor layouts (kept values + bit-packed mask [+ row offsets]).
-  compressed-tensors ≥ 0.15 and vLLM no longer read these, and plain transformers would load such a
-  folder with random weights, so an archive is made unloadable by mistake: its ``config.json`` has
-  ``model_type: polyprune-archive`` and no ``architectures`` (``AutoConfig`` / ``from_pretrained``
-  raise), and its tensors live in ``archive/model.safetensors``, not where loaders look.
-  ``pp.load_model(folder)`` and ``polyprune eval folder`` read it back (:func:`load_archive`).
-
-Masks come from the run (never from ``W == 0``), so kept exact zeros survive. Quantised and archive
-formats are written tensor by tensor: the model is never materialised."""
+"""``export_compressed``: a run written as a dense Hugging Face checkpoint, a compressed-tensors
+quantised checkpoint, or a polyprune archive, tensor by tensor where the format allows."""
 from __future__ import annotations
 
 import json
 import logging
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
-from .errors import UserError
-from .tensorfile import (INFO_FORMAT, WEIGHT_FILE, Checkpoint, SafetensorsWriter, info_items,  # noqa: F401
-                         load_method_info, save_method_info)
+from ..errors import UserError
+from ..tensorfile import WEIGHT_FILE, Checkpoint, SafetensorsWriter, load_method_info
+from .compress import (ALIASES, ARCHIVE_DIR, ARCHIVE_MODEL_TYPE, FORMATS, QUANTISED, SPARSE, _scheme,
+                       choose_format, compress_quantized)
 
 log = logging.getLogger(__name__)
-
-FORMATS = ("auto", "dense", "pack-quantized", "int-quantized", "sparse-bitmask", "sparse-24-bitmask")
-ALIASES = {"compressed-tensors": "auto", "hf": "dense"}
-QUANTISED = ("pack-quantized", "int-quantized")
-ARCHIVE_MODEL_TYPE = "polyprune-archive"
-ARCHIVE_DIR = "archive"
-
-
-# ---------------------------------------------------------------------------------------------
-# per-tensor compression (pure)
-
-def _scheme(info: dict, fmt: str | None = None):
-    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
-    gs = int(info.get("group_size", -1))
-    args = QuantizationArgs(num_bits=int(info["bits"]), type="int", symmetric=bool(info["sym"]),
-                            strategy="group" if gs > 0 else "channel", group_size=gs if gs > 0 else None,
-                            actorder="weight" if info.get("act_order") else None)
-    # the scheme's own format: compressed-tensors 0.20 reads it per module (absent = pack-quantized)
-    return QuantizationScheme(targets=["Linear"], weights=args, format=fmt)
-
-
-def quant_state(weight: torch.Tensor, info: dict, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """compressed-tensors' per-module state: weight, weight_scale [rows, groups], signed zero point."""
-    half = 2 ** (int(info["bits"]) - 1)
-    state = {"weight": weight.to(dtype), "weight_scale": info["scale"].to(dtype)}
-    if not info["sym"]:
-        state["weight_zero_point"] = (info["zero"].to(torch.int16) - half).to(torch.int8)
-    return state
-
-
-def compress_quantized(weight: torch.Tensor, info: dict, fmt: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Local-name compressed state (``weight_packed``/``weight``, ``weight_scale`` …) by the library."""
-    from compressed_tensors.compressors import BaseCompressor
-    comp = BaseCompressor.get_value_from_registry(fmt)
-    return comp.compress(quant_state(weight, info, dtype), _scheme(info, fmt))
-
-
-def bitmask_compress(weight: torch.Tensor, kept: torch.Tensor) -> dict[str, torch.Tensor]:
-    """``sparse-bitmask`` tensors (local names) of a matrix given its kept mask."""
-    from compressed_tensors.utils import pack_bitmasks
-    counts = kept.sum(dim=-1)
-    return {"shape": torch.tensor(list(weight.shape)), "compressed": weight[kept].contiguous(),
-            "bitmask": pack_bitmasks(kept.to(torch.uint8)),
-            "row_offsets": torch.cumsum(counts, 0) - counts}
-
-
-def sparse24_compress(weight: torch.Tensor, kept: torch.Tensor) -> dict[str, torch.Tensor]:
-    """``sparse-24-bitmask`` tensors: exactly 2 kept values of every 4 consecutive inputs."""
-    from compressed_tensors.utils import pack_bitmasks
-    rows, cols = weight.shape
-    if cols % 4 or not bool((kept.reshape(rows, -1, 4).sum(-1) == 2).all()):
-        raise UserError("these masks are not 2:4 (2 kept of every 4 consecutive inputs): store them as "
-                        "sparse-bitmask, or prune with --pattern 2:4")
-    return {"shape": torch.tensor([rows, cols]).reshape(-1, 1),
-            "compressed": weight[kept].reshape(rows, cols // 2).contiguous(),
-            "bitmask": pack_bitmasks(kept.to(torch.uint8))}
-
-
-SPARSE = {"sparse-bitmask": bitmask_compress, "sparse-24-bitmask": sparse24_compress}
-
-
-def bitmask_decompress(t: dict[str, torch.Tensor]) -> torch.Tensor:
-    from compressed_tensors.utils import unpack_bitmasks
-    shape = [int(x) for x in t["shape"].flatten().tolist()]
-    kept = unpack_bitmasks(t["bitmask"], shape)
-    out = torch.zeros(shape, dtype=t["compressed"].dtype)
-    out[kept] = t["compressed"].flatten()
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# choosing the format
-
-def choose_format(requested: str, quantised: dict | None, structured_24: bool, any_pruned: bool) -> str:
-    """The storage format for a run; a format the run cannot be stored in is a UserError."""
-    requested = ALIASES.get(requested, requested)
-    if requested not in FORMATS:
-        raise UserError(f"unknown format {requested!r}: choose one of {', '.join(FORMATS)}")
-    if requested == "auto":
-        return "pack-quantized" if quantised else "dense"
-    if requested in QUANTISED:
-        if not quantised:
-            raise UserError(f"format {requested} stores quantised weights but this run is not quantised: "
-                            f"use dense (a plain Hugging Face checkpoint), or prune with --method gptq")
-        if requested == "int-quantized" and int(quantised["bits"]) != 8:
-            raise UserError(f"int-quantized stores 8-bit codes but the run has {quantised['bits']}-bit weights: "
-                            f"use pack-quantized")
-    if requested in SPARSE and quantised:
-        raise UserError(f"format {requested} stores float values but this run is quantised: use pack-quantized")
-    if requested == "sparse-24-bitmask" and not structured_24:
-        raise UserError("format sparse-24-bitmask needs 2:4 masks but this run is not 2:4: use sparse-bitmask, "
-                        "or prune with --pattern 2:4")
-    return requested
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,7 +22,7 @@ def choose_format(requested: str, quantised: dict | None, structured_24: bool, a
 
 def _run_sources(run: Path):
     """(checkpoint of final or base weights, weights already final?, its folder, run config)."""
-    from .run import base_folder, check_base, is_run, read_config
+    from ..run import base_folder, check_base, is_run, read_config
     if not is_run(run):
         raise UserError(f"{run} is not a run folder (no config.yaml + masks.safetensors): give a prune --out folder")
     cfg = read_config(run)
@@ -142,7 +30,7 @@ def _run_sources(run: Path):
         return Checkpoint(run / "model"), True, run / "model", cfg
     src = base_folder(cfg.model)
     if src is None:  # a hub id not in the local cache: fetched (safetensors + configs) as streaming does
-        from .stream import local_checkpoint
+        from ..stream import local_checkpoint
         src = local_checkpoint(cfg.model)
     check_base(cfg, run, src)
     return Checkpoint(src), False, src, cfg
@@ -150,7 +38,7 @@ def _run_sources(run: Path):
 
 def check_masks_fit(mf, ckpt: Checkpoint, src) -> list[str]:
     """The masked matrices, each present in the checkpoint with the mask's shape."""
-    from .masks import mask_metadata
+    from ..masks import mask_metadata
     names = list(mf.keys())
     shapes = mask_metadata(mf.path).get("shapes") if hasattr(mf, "path") else None
     for n in names:
@@ -168,7 +56,7 @@ class _Masks:
 
     def __init__(self, path: Path):
         from safetensors import safe_open
-        from .masks import mask_metadata
+        from ..masks import mask_metadata
         self.path = path
         self.meta = mask_metadata(path)
         self.f = safe_open(str(path), "pt")
@@ -180,7 +68,7 @@ class _Masks:
         return self.f.get_slice(name)
 
     def get_tensor(self, name: str) -> torch.Tensor:
-        from .masks import _as_bool, unpack_bits
+        from ..masks import _as_bool, unpack_bits
         t = self.f.get_tensor(name)
         if self.meta.get("packing") == "bits":
             return unpack_bits(t, self.meta["shapes"][name])
@@ -214,7 +102,7 @@ def export_compressed(run: str | Path, out: str | Path, fmt: str = "auto", *, dt
     """Write the run's model to ``out`` in ``fmt`` atomically (staged, then renamed), with a model
     card (README.md). Every check (format, base hash, masks vs model, --out) runs before anything
     is written. Returns a report with bytes on disk vs the dense fp32 / bf16 checkpoint."""
-    from .model import DTYPES
+    from ..model import DTYPES
     run, out = Path(run), Path(out)
     fmt = ALIASES.get(fmt, fmt)
     if fmt not in FORMATS:
@@ -241,11 +129,11 @@ def export_compressed(run: str | Path, out: str | Path, fmt: str = "auto", *, dt
         kinds = {(int(i["bits"]), int(i.get("group_size", -1)), bool(i["sym"]), bool(i.get("act_order"))) for i in quant.values()}
         if len(kinds) > 1:
             raise UserError("matrices were quantised with different settings: one quantisation scheme per export")
-        from .quant import quant_spec
+        from ..quant import quant_spec
         for n, i in quant.items():
             quant_spec(int(i["bits"]), int(i.get("group_size", -1)), bool(i["sym"]), ckpt.shape(n)[-1])
     out_dtype = DTYPES[dtype] if dtype else None
-    from .run import staged_dir, write_json
+    from ..run import staged_dir, write_json
     with staged_dir(out, force) as tmp:
         if chosen == "dense":
             report = _write_dense(run, tmp, ckpt, out_dtype)
@@ -261,7 +149,7 @@ def export_compressed(run: str | Path, out: str | Path, fmt: str = "auto", *, dt
         report["matrix_ratio"] = (report["compressed_matrix_bytes"] / report["dense_matrix_bytes"]
                                   if report["dense_matrix_bytes"] else 1.0)
         report["load"] = load_commands(out, chosen)
-        from .card import write_card
+        from ..card import write_card
         write_card(tmp / "README.md", run, cfg, chosen, report)
         write_json(tmp / "compression_report.json", report)
     return report
@@ -270,7 +158,7 @@ def export_compressed(run: str | Path, out: str | Path, fmt: str = "auto", *, dt
 def _write_dense(run: Path, tmp: Path, ckpt: Checkpoint, out_dtype) -> dict:
     """A plain Hugging Face checkpoint by ``save_pretrained``: the run rebuilt (base × masks with
     kept values, or its saved model/) in the chosen dtype (default: the checkpoint's)."""
-    from .run import load_run_or_model
+    from ..run import load_run_or_model
     floats = [ckpt.dtype(n) for n in ckpt.keys() if ckpt.dtype(n).is_floating_point]
     dt = out_dtype or (floats[0] if floats else torch.float32)
     model, tok, _ = load_run_or_model(str(run), dtype=str(dt).replace("torch.", ""), device="cpu")
@@ -369,7 +257,7 @@ def linear_modules(config: dict) -> list[str]:
     """Names of every Linear / Conv1D module of the model described by ``config`` (built on meta)."""
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
-    from .masks import is_conv1d
+    from ..masks import is_conv1d
     cfg = AutoConfig.for_model(**{k: v for k, v in config.items() if k != "quantization_config"})
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(cfg)
@@ -409,88 +297,3 @@ def compression_config(fmt: str, quant: dict[str, dict], mask_names: list[str], 
     elif fmt == "dense" or not quant:
         data.setdefault("format", fmt if fmt != "dense" else "dense")
     return data
-
-
-def decompress(folder: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """Dense ``(name, tensor)`` pairs of an exported folder: quantised modules through the
-    compressed-tensors library's decompressor, bitmask layouts through its bit-unpacking helper."""
-    from compressed_tensors.compressors import BaseCompressor
-    from compressed_tensors.quantization import QuantizationConfig
-    folder = Path(folder)
-    config = json.loads((folder / "config.json").read_text())
-    if config.get("model_type") == ARCHIVE_MODEL_TYPE:
-        arch = config["polyprune_archive"]
-        cfg = {"format": arch["format"], "sparsity_config": arch["sparsity_config"]}
-        ckpt = Checkpoint(folder / ARCHIVE_DIR)
-    else:
-        cfg = config.get("quantization_config") or {"format": "dense"}
-        ckpt = Checkpoint(folder)
-    fmt = cfg.get("format")
-    sparse_fmt = (cfg.get("sparsity_config") or {}).get("format")
-    groups: dict[str, dict[str, str]] = {}
-    plain = []
-    suffixes = ("weight_packed", "weight_scale", "weight_shape", "weight_zero_point", "shape", "compressed",
-                "bitmask", "row_offsets")
-    for k in ckpt.keys():
-        mod, _, leaf = k.rpartition(".")
-        if leaf in suffixes:
-            groups.setdefault(mod, {})[leaf] = k
-        elif fmt == "int-quantized" and leaf == "weight" and f"{mod}.weight_scale" in ckpt:
-            groups.setdefault(mod, {})[leaf] = k
-        else:
-            plain.append(k)
-    scheme = None
-    if fmt in ("pack-quantized", "int-quantized"):
-        qc = QuantizationConfig.model_validate({k: v for k, v in cfg.items() if k in QuantizationConfig.model_fields})
-        scheme = next(iter(qc.config_groups.values()))
-    for mod, parts in groups.items():
-        t = {leaf: ckpt.load(k) for leaf, k in parts.items()}
-        if "bitmask" in t:
-            if sparse_fmt not in SPARSE:
-                raise UserError(f"{folder}: bitmask tensors but sparsity_config format {sparse_fmt!r}")
-            yield f"{mod}.weight", bitmask_decompress(t)
-        else:
-            comp = BaseCompressor.get_value_from_registry(fmt)
-            yield f"{mod}.weight", comp.decompress(t, scheme)["weight"]
-    for k in plain:
-        yield k, ckpt.load(k)
-
-
-def is_archive(folder: str | Path) -> bool:
-    """Whether ``folder`` is a polyprune sparse archive (see the module docstring)."""
-    f = Path(folder) / "config.json"
-    if not f.is_file():
-        return False
-    try:
-        return json.loads(f.read_text()).get("model_type") == ARCHIVE_MODEL_TYPE
-    except (json.JSONDecodeError, AttributeError):
-        return False
-
-
-def load_archive(folder: str | Path, dtype=None, device: str | None = None, tokenizer=False):
-    """``(model, tokenizer)`` of a sparse archive: the base architecture from the stored config, the
-    weights decompressed (bitmask layouts back to dense matrices with the pruned zeros)."""
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM
-    from .model import load_tokenizer, resolve_device, resolve_dtype
-    folder = Path(folder)
-    arch = json.loads((folder / "config.json").read_text())["polyprune_archive"]
-    base = dict(arch["base_config"])
-    config = AutoConfig.for_model(**base)
-    dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
-    with init_empty_weights(include_buffers=False):
-        model = AutoModelForCausalLM.from_config(config, dtype=dt)
-    state = {k: v.to(dt) if v.is_floating_point() else v for k, v in decompress(folder)}
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    tied = {k for k in missing if k.endswith("lm_head.weight")} if getattr(config, "tie_word_embeddings", False) else set()
-    if set(missing) - tied or unexpected:
-        raise UserError(f"{folder}: the archive's tensors do not match its config ({len(missing)} missing, "
-                        f"{len(unexpected)} unexpected): re-export it")
-    if hasattr(model, "tie_weights"):
-        model.tie_weights()
-    model.to(dev).eval()
-    model.requires_grad_(False)
-    tok = load_tokenizer(str(folder)) if tokenizer is False else tokenizer
-    model.polyprune_source = str(folder)
-    return model, tok
