@@ -4,6 +4,8 @@ Layout: ``config.yaml`` · ``masks.safetensors`` · ``weights.safetensors`` (kep
 weight-updating methods, e.g. SparseGPT) · ``record.json`` · ``calibration.jsonl`` ·
 ``stats.safetensors`` (with keep_stats) · ``permutations.safetensors`` (input-channel order per
 matrix under which an N:M mask holds, e.g. RIA's channel permutation) · ``model/`` (with save_model) · ``results/`` · ``figures/``.
+
+One writer, :class:`RunWriter`, writes the folder of in-memory and streamed runs alike.
 """
 from __future__ import annotations
 
