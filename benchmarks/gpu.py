@@ -131,7 +131,7 @@ def prune_run(model, ids, method, pattern, device, onload=False, activation_devi
         out["base_bytes"] = base
     layer = find_layers(model)[1][0]
     out["layer_bytes"] = tensor_bytes(layer)
-    out["masks"] = {k: v for k, v in masks.items()}
+    out["masks"] = dict(masks.masks)
     return out
 
 

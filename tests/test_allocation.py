@@ -98,7 +98,7 @@ def test_owl_end_to_end(tiny, calib_ids):
     expected = band_allocation(d, 0.6, 0.1, params)
     assert t == pytest.approx(expected)
     assert max(t) - min(t) == pytest.approx(0.2)
-    for name, mask in masks.items():  # wanda: int(cols·s_l) pruned per row in layer l
+    for name, mask in masks.masks.items():  # wanda: int(cols·s_l) pruned per row in layer l
         layer = int(name.split(".")[2])
         cols = mask.shape[1]
         assert ((~mask).sum(1) == int(cols * t[layer])).all()
@@ -111,7 +111,7 @@ def test_owl_with_data_free_method_and_nm(tiny, calib_ids):
     d, _ = owl_outlier_ratios(tiny("llama"), calib_ids, m=3.0)
     assert pats == [f"{n}:4" for n in band_allocation_nm(d, Pattern(2, 4), 2.0)]
     assert pats != ["2:4", "2:4"]  # two layers: the one with more outliers is pruned less
-    for name, mask in masks.items():
+    for name, mask in masks.masks.items():
         n = int(pats[int(name.split(".")[2])].split(":")[0])
         assert ((~mask).reshape(mask.shape[0], -1, 4).sum(-1) == n).all()
 

@@ -207,9 +207,11 @@ def _fake_model_and_calibration(family="llama"):
                                                   ("lang-wanda", "unstructured", {})])
 def test_layer_walk_and_prune_on_fake_cuda(fake_cuda, method, pattern, extra):
     model, ids = _fake_model_and_calibration()
-    masks = pp.prune(model, ids, method, 0.5, pattern, keep_stats=method == "wanda", **extra)
-    assert len(masks) == 14  # 2 layers × 7 Linears
-    assert all(m.device.type == "cpu" and m.dtype == torch.bool for m in masks.values())  # stored on the host
+    engine = {k: v for k, v in extra.items() if k == "refine"}
+    options = {k: v for k, v in extra.items() if k != "refine"}
+    masks = pp.prune(model, ids, method, 0.5, pattern, keep_stats=method == "wanda", method_options=options, **engine)
+    assert len(masks.masks) == 14  # 2 layers × 7 Linears
+    assert all(m.device.type == "cpu" and m.dtype == torch.bool for m in masks.masks.values())  # stored on the host
     assert all(p.device == CUDA for p in model.parameters())  # the model stays where it was
     assert all(w.device.type == "cpu" for w in masks.weights.values())
     for per_set in masks.stats.values():
@@ -233,6 +235,6 @@ def test_onloading_walk_on_fake_cuda(fake_cuda):
     ids = torch.randint(5, 384, (4, 12))
     io = Onloader(model, CUDA, activation_device="cpu")
     masks = pp.prune(model, ids, "sparsegpt", 0.5, layer_io=io, activation_device=io.activation_device)
-    assert len(masks) == 14 and all(m.device.type == "cpu" for m in masks.values())
+    assert len(masks.masks) == 14 and all(m.device.type == "cpu" for m in masks.masks.values())
     layers = find_layers(model)[1]
     assert all(p.device.type == "cpu" for p in layers.parameters())  # every layer went back

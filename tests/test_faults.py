@@ -209,7 +209,7 @@ def test_non_finite_weights_refused_for_every_method_naming_the_parameter(method
         cal = Calibration([s for s in cal.samples if s.set == "target"])
     opts = {"bits": 4} if "gptq" in method else {}
     with pytest.raises(UserError, match=r"non-finite weights .*model\.layers\.1\.self_attn\.k_proj\.weight"):
-        pp.prune(model, cal, method, 0.5, **opts)
+        pp.prune(model, cal, method, 0.5, method_options=opts)
 
 
 def test_every_registered_method_is_covered_by_the_non_finite_test():

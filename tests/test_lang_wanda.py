@@ -38,8 +38,8 @@ def test_score_hand():
 
 def test_one_language_is_wanda(tiny, calib_ids):
     cal = [{"input_ids": r, "langs": ["eng_Latn"]} for r in calib_ids]
-    a = pp.prune(tiny("llama"), cal, "wanda", 0.5)
-    b = pp.prune(tiny("llama"), cal, "lang-wanda", 0.5)
+    a = pp.prune(tiny("llama"), cal, "wanda", 0.5).masks
+    b = pp.prune(tiny("llama"), cal, "lang-wanda", 0.5).masks
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -47,13 +47,13 @@ def test_languages_weigh_equally(tiny, calib_ids):
     """Duplicating one language's samples changes Wanda's statistics but not the language-aware score."""
     base = [{"input_ids": calib_ids[0], "langs": ["eng_Latn"]}, {"input_ids": calib_ids[1], "langs": ["fra_Latn"]}]
     dup = base + [{"input_ids": calib_ids[0], "langs": ["eng_Latn"]}] * 3
-    a = pp.prune(tiny("llama"), base, "lang-wanda", 0.5, sequential=False)
-    b = pp.prune(tiny("llama"), dup, "lang-wanda", 0.5, sequential=False)
+    a = pp.prune(tiny("llama"), base, "lang-wanda", 0.5, sequential=False).masks
+    b = pp.prune(tiny("llama"), dup, "lang-wanda", 0.5, sequential=False).masks
     assert all(torch.equal(a[k], b[k]) for k in a)
-    w1 = pp.prune(tiny("llama"), base, "wanda", 0.5, sequential=False)
-    w2 = pp.prune(tiny("llama"), dup, "wanda", 0.5, sequential=False)
+    w1 = pp.prune(tiny("llama"), base, "wanda", 0.5, sequential=False).masks
+    w2 = pp.prune(tiny("llama"), dup, "wanda", 0.5, sequential=False).masks
     assert any(not torch.equal(w1[k], w2[k]) for k in w1)
-    c = pp.prune(tiny("llama"), base, "lang-wanda", 0.5, sequential=False, beta=0.0)
+    c = pp.prune(tiny("llama"), base, "lang-wanda", 0.5, sequential=False, method_options={"beta": 0.0}).masks
     assert any(not torch.equal(a[k], c[k]) for k in a)  # β matters with two languages
 
 
@@ -71,4 +71,4 @@ def test_extension_point_and_bad_input(tiny, calib_ids):
     with pytest.raises(UserError, match="unknown language-aware score"):
         lang_wanda_scores(torch.ones(1, 2), _two_language_stats(), score="m-wanda")
     with pytest.raises(UserError, match="negative"):
-        pp.prune(tiny("llama"), calib_ids, "lang-wanda", 0.5, beta=-1)
+        pp.prune(tiny("llama"), calib_ids, "lang-wanda", 0.5, method_options={"beta": -1})

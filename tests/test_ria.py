@@ -97,7 +97,7 @@ def test_nm_mask_holds_under_permutation_and_is_saved(tiny, calib_ids, tmp_path)
     model = tiny("llama")
     masks = pp.prune(model, calib_ids, "ria", pattern="2:4")
     assert masks.permutations  # at least one matrix is better off permuted
-    for name, mask in masks.items():
+    for name, mask in masks.masks.items():
         perm = masks.permutations.get(name, torch.arange(mask.shape[1]))
         pm = mask[:, perm]
         assert ((~pm).reshape(pm.shape[0], -1, 4).sum(-1) == 2).all()
@@ -108,9 +108,9 @@ def test_nm_mask_holds_under_permutation_and_is_saved(tiny, calib_ids, tmp_path)
 
 
 def test_permute_off_gives_plain_nm(tiny, calib_ids):
-    masks = pp.prune(tiny("llama"), calib_ids, "ria", pattern="2:4", permute=False)
+    masks = pp.prune(tiny("llama"), calib_ids, "ria", pattern="2:4", method_options={"permute": False})
     assert not masks.permutations
-    for mask in masks.values():
+    for mask in masks.masks.values():
         assert ((~mask).reshape(mask.shape[0], -1, 4).sum(-1) == 2).all()
 
 

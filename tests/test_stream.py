@@ -15,14 +15,15 @@ from polyprune.stream import (Checkpoint, SafetensorsWriter, check_target, parse
                                                    ("llama", "gptq", "unstructured"), ("opt", "magnitude", "unstructured")])
 def test_streaming_equals_in_memory(tiny, tiny_dir, calib_ids, tmp_path, family, method, pattern):
     opts = {"group_size": 16} if method == "gptq" else {}
-    ref = pp.prune(tiny(family), calib_ids, method, 0.5, pattern, **opts)
+    result = pp.prune(tiny(family), calib_ids, method, 0.5, pattern, method_options=opts)
+    ref = result.masks
     dense_sd = tiny(family).state_dict()
     model = tiny(family)
-    pp.prune(model, calib_ids, method, 0.5, pattern, **opts)
-    rec = stream_prune(tiny_dir(family), calib_ids, tmp_path / "s", method, 0.5, pattern, **opts)
+    pp.prune(model, calib_ids, method, 0.5, pattern, method_options=opts)
+    rec = stream_prune(tiny_dir(family), calib_ids, tmp_path / "s", method, 0.5, pattern, method_options=opts)
     got = load_masks(tmp_path / "s")
     assert set(got) == set(ref) and all(torch.equal(got[k], ref[k]) for k in ref)
-    assert rec["achieved_sparsity"] == ref.record["achieved_sparsity"]
+    assert rec["achieved_sparsity"] == result.record["achieved_sparsity"]
     ck = Checkpoint(tmp_path / "s" / "model")
     sd = model.state_dict()
     assert all(torch.equal(ck.load(k), sd[k]) for k in ck.keys())  # every tensor, pruned or copied
@@ -32,16 +33,18 @@ def test_streaming_equals_in_memory(tiny, tiny_dir, calib_ids, tmp_path, family,
     if method == "gptq":
         from polyprune.formats import load_method_info
         info = load_method_info(tmp_path / "s")
-        assert set(info) == set(ref.info) and all(torch.equal(info[k]["scale"], ref.info[k]["scale"]) for k in info)
+        assert set(info) == set(result.info) and all(torch.equal(info[k]["scale"], result.info[k]["scale"])
+                                                     for k in info)
     reloaded = pp.load_model(str(tmp_path / "s" / "model"))[0]  # a normal HF folder
     assert torch.equal(reloaded.state_dict()[next(iter(ref))], sd[next(iter(ref))])
 
 
 def test_bf16_activations_keep_fp32_statistics(tiny_dir, calib_ids, tmp_path):
     rec = stream_prune(tiny_dir("gemma3"), calib_ids, tmp_path / "b", "wanda", 0.5, activation_dtype="bfloat16")
-    ref = pp.prune(pp.load_model(str(tiny_dir("gemma3")))[0], calib_ids, "wanda", 0.5)
-    same = pp.prune(pp.load_model(str(tiny_dir("gemma3")))[0], calib_ids, "wanda", 0.5,
-                    activation_dtype=torch.bfloat16, keep_stats=True)
+    ref = pp.prune(pp.load_model(str(tiny_dir("gemma3")))[0], calib_ids, "wanda", 0.5).masks
+    same_run = pp.prune(pp.load_model(str(tiny_dir("gemma3")))[0], calib_ids, "wanda", 0.5,
+                        activation_dtype=torch.bfloat16, keep_stats=True)
+    same = same_run.masks
     got = load_masks(tmp_path / "b")
     agree = sum(int((got[k] == ref[k]).sum()) for k in ref) / sum(v.numel() for v in ref.values())
     assert rec["streaming"]["activation_dtype"] == "bfloat16"
@@ -49,7 +52,7 @@ def test_bf16_activations_keep_fp32_statistics(tiny_dir, calib_ids, tmp_path):
     # the bf16 buffers are really used: the in-memory bf16 run bit for bit, not the fp32 one
     assert all(torch.equal(got[k], same[k]) for k in same)
     assert 0.99 < agree < 1.0  # measured 0.9983: bf16-rounded layer inputs move a few borderline weights
-    assert {t.dtype for d in same.stats.values() for s in d.values() for t in s.values()} == {torch.float32}
+    assert {t.dtype for d in same_run.stats.values() for s in d.values() for t in s.values()} == {torch.float32}
 
 
 def test_writer_round_trip_and_no_leftovers(tmp_path):

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import sys
-import types
 
 __version__ = "0.1.0"
 
@@ -14,7 +12,7 @@ from .errors import UserError  # noqa: E402
 _LAZY = {
     "Calibration": "calibration", "Sample": "calibration",
     "apply_masks": "masks", "load_masks": "masks", "save_masks": "masks", "sparsity_report": "masks",
-    "load_model": "loading", "prune": "prune",
+    "load_model": "loading", "prune": "engine", "PruneResult": "result",
 }
 
 
@@ -26,20 +24,9 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class _Package(types.ModuleType):
-    """Keeps ``polyprune.prune`` the function once the submodule of the same name is imported
-    (the import system binds the submodule on its parent)."""
-
-    def __setattr__(self, name: str, value) -> None:
-        if name == "prune" and isinstance(value, types.ModuleType) and hasattr(value, "prune"):
-            value = value.prune
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
-    "Calibration", "Sample", "UserError", "apply_masks", "load_masks", "load_model",
+    "Calibration", "PruneResult", "Sample", "UserError", "apply_masks", "load_masks", "load_model",
     "prune", "save_masks", "sparsity_report", "__version__",
 ]

@@ -209,9 +209,11 @@ class MaskWriter:
         self.writer.add(name, pack_bits(mask))
 
     def close(self) -> None:
+        """Write the file with its data in name order, whatever the order of :meth:`add`, so a streamed
+        run's masks file is byte for byte the in-memory run's."""
         self.writer.metadata = {"polyprune": json.dumps({**self.meta, "shapes": dict(sorted(self.shapes.items()))},
                                                         sort_keys=True)}
-        self.writer.close()
+        self.writer.close(sort=True)
 
     def abort(self) -> None:
         self.writer.abort()
@@ -284,9 +286,27 @@ def load_masks(path: str | Path) -> dict[str, torch.Tensor]:
     return out
 
 
+class SparsityCounter:
+    """Pruned / total weights per matrix, counted as each mask is written: the one sparsity count of
+    a run (in-memory and streamed alike; :func:`sparsity_report` uses it for a dict of masks)."""
+
+    def __init__(self):
+        self.counts: dict[str, tuple[int, int]] = {}  # matrix -> (pruned, total)
+
+    def add(self, name: str, mask: torch.Tensor) -> None:
+        self.counts[name] = (int((~mask.to(torch.bool)).sum()), mask.numel())
+
+    def report(self) -> dict:
+        """Achieved sparsity overall and per matrix (share of False)."""
+        total = sum(t for _, t in self.counts.values())
+        pruned = sum(p for p, _ in self.counts.values())
+        return {"overall": pruned / total if total else 0.0, "pruned": pruned, "total": total,
+                "per_matrix": {k: p / t if t else 0.0 for k, (p, t) in self.counts.items()}}
+
+
 def sparsity_report(masks: dict[str, torch.Tensor]) -> dict:
     """Achieved sparsity overall and per matrix (share of False)."""
-    per = {k: 1.0 - float(v.float().mean()) for k, v in masks.items()}
-    total = sum(v.numel() for v in masks.values())
-    pruned = sum(int((~v).sum()) for v in masks.values())
-    return {"overall": pruned / total if total else 0.0, "pruned": pruned, "total": total, "per_matrix": per}
+    counter = SparsityCounter()
+    for k, v in masks.items():
+        counter.add(k, v)
+    return counter.report()

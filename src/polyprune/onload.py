@@ -127,7 +127,7 @@ class Onloader:
     def load(self, i: int, layer: nn.Module) -> None:
         move_module(layer, self.device)
 
-    def release(self, i: int, layer: nn.Module, masks) -> None:
+    def release(self, i: int, layer: nn.Module) -> None:
         move_module(layer, self.host)
 
 

@@ -8,7 +8,7 @@ from .calibration import Calibration, build_calibration, from_text_file
 from .config import CalibrationConfig, RunConfig
 from .errors import UserError
 from .methods import get_method
-from .run import staged_dir, write_run
+from .run import RunWriter, staged_dir
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +66,14 @@ def engine_options(cfg: RunConfig) -> dict:
     return dict(seed=cfg.seed, sequential=cfg.sequential, count_pads=cfg.count_pads,
                 keep_dense_layers=cfg.keep_dense_layers or None, keep_stats=cfg.keep_stats,
                 allocation=cfg.allocation, allocation_options=cfg.allocation_options,
-                refine=cfg.refine, refine_options=cfg.refine_options, **cfg.method_options)
+                refine=cfg.refine, refine_options=cfg.refine_options, method_options=dict(cfg.method_options))
 
 
 def prune_with_config(model, cal: Calibration | None, cfg: RunConfig, layer_io=None, activation_device=None):
     """:func:`polyprune.prune` with every setting of ``cfg`` (``layer_io`` / ``activation_device``: the
     placement chosen by :func:`place_for_config`)."""
+    from .engine import prune
     from .model import resolve_dtype
-    from .prune import prune
     act = resolve_dtype(cfg.activation_dtype, None) if cfg.activation_dtype else None
     return prune(model, cal, cfg.method, cfg.sparsity, cfg.pattern, activation_dtype=act, layer_io=layer_io,
                  activation_device=activation_device, **engine_options(cfg))
@@ -145,20 +145,17 @@ def run_prune(cfg: RunConfig, out: str | Path, force: bool = False) -> Path:
         cal = build_run_calibration(cfg, tok)
         check_positions(cfg)
         model, tok = load_model(cfg.model, dtype, "cpu", tokenizer=tok)  # placed on the device below
-        masks = prune_with_config(model, cal, cfg, **place_for_config(model, cal, cfg, device))
-        write_run(tmp, cfg, masks, cal, tok, model)
-    log.info("run written to %s (achieved sparsity %.4f)", out, masks.record["achieved_sparsity"])
+        result = prune_with_config(model, cal, cfg, **place_for_config(model, cal, cfg, device))
+        RunWriter(tmp, cfg).finish(result, cal, tok, model)
+    log.info("run written to %s (achieved sparsity %.4f)", out, result.record["achieved_sparsity"])
     return out
 
 
 def run_prune_streaming(cfg, out: str | Path, force: bool = False) -> Path:
     """:func:`polyprune.pipeline.run_prune` without materialising the model: a run folder with the
     usual files plus the pruned checkpoint in ``model/``."""
-    import time
-
-    import yaml
     from .model import load_tokenizer
-    from .run import config_data, mask_metadata_of, write_json
+    from .result import PruneResult
     from .stream import Checkpoint, check_target, local_checkpoint, stream_prune
     out = Path(out)
     if cfg.device not in (None, "auto", "cpu"):
@@ -169,17 +166,14 @@ def run_prune_streaming(cfg, out: str | Path, force: bool = False) -> Path:
     with staged_dir(out, force) as tmp:
         tok = load_tokenizer(str(src))
         cal = calibration_from_config(cfg.calibration, tok, cfg.seed, cfg.method)
-        rec = stream_prune(src, cal, tmp, cfg.method, cfg.sparsity, cfg.pattern, dtype=cfg.dtype,
-                           tune_allocator=True,  # a polyprune command's own process: see return_freed_memory
-                           activation_dtype=cfg.activation_dtype, mask_metadata=mask_metadata_of(cfg),
-                           **engine_options(cfg))
-        data = config_data(cfg, src)
-        (tmp / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
-        if cal is not None:
-            cal.write_jsonl(tmp / "calibration.jsonl", tok)
-        if tok is not None:
-            tok.save_pretrained(tmp / "model")
-        rec["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        write_json(tmp / "record.json", rec)
+        writer = RunWriter(tmp, cfg, stream=True, source=src)
+        try:
+            rec = stream_prune(src, cal, tmp, cfg.method, cfg.sparsity, cfg.pattern, dtype=cfg.dtype,
+                               tune_allocator=True,  # a polyprune command's own process: see return_freed_memory
+                               activation_dtype=cfg.activation_dtype, sink=writer.sink, **engine_options(cfg))
+        except BaseException:
+            writer.abort()
+            raise
+        writer.finish(PruneResult(record=rec), cal, tok)
     log.info("streamed run written to %s (achieved sparsity %.4f)", out, rec["achieved_sparsity"])
     return out

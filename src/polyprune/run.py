@@ -4,6 +4,8 @@ Layout: ``config.yaml`` · ``masks.safetensors`` · ``weights.safetensors`` (kep
 weight-updating methods, e.g. SparseGPT) · ``record.json`` · ``calibration.jsonl`` ·
 ``stats.safetensors`` (with keep_stats) · ``permutations.safetensors`` (input-channel order per
 matrix under which an N:M mask holds, e.g. RIA's channel permutation) · ``model/`` (with save_model) · ``results/`` · ``figures/``.
+
+One writer, :class:`RunWriter`, writes the folder of in-memory and streamed runs alike.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import yaml
 from . import io as _io
 from .config import RunConfig, validate_config
 from .errors import UserError
-from .masks import apply_masks, load_masks, save_masks
+from .masks import MaskWriter, SparsityCounter, apply_masks, load_masks, save_masks
 
 log = logging.getLogger(__name__)
 
@@ -181,39 +183,130 @@ def check_base(cfg: RunConfig, run: Path, folder: str | Path | None = None) -> N
                         f"give the original base model (or re-prune)")
 
 
-def write_run(folder: Path, cfg: RunConfig, masks, calibration=None, tokenizer=None, model=None) -> None:
-    """Write the run artifacts into ``folder`` (normally a staged temp folder)."""
-    save_file = _io.save_safetensors
-    folder.mkdir(parents=True, exist_ok=True)
-    data = config_data(cfg)
-    (folder / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    save_masks(masks, folder / "masks.safetensors", mask_metadata_of(cfg))
-    weights = getattr(masks, "weights", {}) or {}
-    if weights:  # only the kept values: W[mask] in row-major order, in the model's dtype
-        save_file({k: v[masks[k]].contiguous() for k, v in sorted(weights.items())},
-                  folder / "weights.safetensors", metadata={"format": "polyprune-kept-values"})
-    perms = getattr(masks, "permutations", {}) or {}
-    if perms:  # mask[:, perm] is N:M; apply x[..., perm] with W[:, perm] at inference
-        save_file({k: v.to(torch.long).contiguous() for k, v in sorted(perms.items())},
-                  folder / "permutations.safetensors", metadata={"format": "polyprune-input-permutations"})
-    info = {k: v for k, v in (getattr(masks, "info", {}) or {}).items() if k in masks}
-    if info:  # per-matrix method info with tensors (e.g. GPTQ scales / zero points) for exporters
-        from .tensorfile import save_method_info
-        save_method_info(info, folder / "info.safetensors")
-    stats = getattr(masks, "stats", {}) or {}
-    if stats:
-        flat = {f"{p}::{s}::{k}": t.contiguous() for p, per in stats.items() for s, d in per.items()
-                for k, t in d.items()}
-        save_file(flat, folder / "stats.safetensors")
-    if calibration is not None:
-        calibration.write_jsonl(folder / "calibration.jsonl", tokenizer)
-    record = dict(getattr(masks, "record", {}) or {})
-    record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    if model is not None and cfg.save_model:
-        model.save_pretrained(folder / "model")
-        if tokenizer is not None:
+KEPT_FORMAT = "polyprune-kept-values"
+PERMUTATIONS_FORMAT = "polyprune-input-permutations"
+
+
+def _save_permutations(folder: Path, perms: dict[str, torch.Tensor]) -> None:
+    """mask[:, perm] is N:M; apply x[..., perm] with W[:, perm] at inference."""
+    _io.save_safetensors({k: v.to(torch.long).contiguous() for k, v in sorted(perms.items())},
+                         folder / "permutations.safetensors", metadata={"format": PERMUTATIONS_FORMAT})
+
+
+class StreamSink:
+    """The streaming sink of :class:`RunWriter`: each matrix's mask, kept values and method info go to
+    their files as the engine hands them over (``masks.MaskWriter``, ``tensorfile.SafetensorsWriter``),
+    so no run-sized dict is held; only the permutations (one index vector per matrix) wait for
+    :meth:`close`. Counts what it wrote, for the record."""
+
+    def __init__(self, folder: str | Path, mask_metadata: dict[str, str]):
+        from .tensorfile import INFO_FORMAT, SafetensorsWriter
+        self.folder = Path(folder)
+        self.masks = MaskWriter(self.folder / "masks.safetensors", mask_metadata)
+        self.kept = SafetensorsWriter(self.folder / "weights.safetensors", {"format": KEPT_FORMAT})
+        self.info = SafetensorsWriter(self.folder / "info.safetensors", {"format": INFO_FORMAT})
+        self.info_scalars: dict[str, dict] = {}
+        self.permutations: dict[str, torch.Tensor] = {}
+        self.counter = SparsityCounter()
+        self.closed = False
+
+    def add(self, name: str, mask: torch.Tensor, weight: torch.Tensor | None = None, info: dict | None = None) -> None:
+        from .tensorfile import info_items
+        self.masks.add(name, mask)
+        self.counter.add(name, mask)
+        if weight is not None:  # only the kept values: W[mask] in row-major order, in the model's dtype
+            self.kept.add(name, weight[mask].contiguous())
+        if info:
+            ts, sc = info_items(name, info)
+            for key, t in ts.items():
+                self.info.add(key, t)
+            self.info_scalars[name] = sc
+            if "permutation" in info:
+                self.permutations[name] = torch.as_tensor(info["permutation"], dtype=torch.long)
+
+    def report(self) -> dict:
+        return self.counter.report()
+
+    def close(self) -> None:
+        """Finish the files; a file nothing was added to is not written."""
+        if self.closed:
+            return
+        self.closed = True
+        self.masks.close()
+        for w in (self.kept, self.info):
+            if w.header:
+                if w is self.info:
+                    w.metadata["scalars"] = json.dumps(self.info_scalars)
+                w.close()
+            else:
+                w.abort()
+        if self.permutations:
+            _save_permutations(self.folder, self.permutations)
+
+    def abort(self) -> None:
+        if not self.closed:
+            self.closed = True
+            for w in (self.masks, self.kept, self.info):
+                w.abort()
+
+
+class RunWriter:
+    """The one writer of a run folder (normally a staged temp folder), for in-memory and streamed
+    runs: ``config.yaml``, the tensor files, ``calibration.jsonl``, the saved model / tokenizer and
+    ``record.json``. In memory (default) the tensor files are written from the engine's
+    :class:`~polyprune.result.PruneResult` at :meth:`finish`; with ``stream=True`` the engine feeds
+    :attr:`sink` (a :class:`StreamSink`) matrix by matrix and :meth:`finish` closes it. ``source``:
+    the base checkpoint's folder, for its hash (default: found from the config's model)."""
+
+    def __init__(self, folder: str | Path, cfg: RunConfig, stream: bool = False, source: str | Path | None = None):
+        self.folder, self.cfg, self.source = Path(folder), cfg, source
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.sink = StreamSink(self.folder, mask_metadata_of(cfg)) if stream else None
+
+    def _write_tensors(self, result) -> None:
+        folder, save_file = self.folder, _io.save_safetensors
+        save_masks(result.masks, folder / "masks.safetensors", mask_metadata_of(self.cfg))
+        if result.weights:  # only the kept values: W[mask] in row-major order, in the model's dtype
+            save_file({k: v[result.masks[k]].contiguous() for k, v in sorted(result.weights.items())},
+                      folder / "weights.safetensors", metadata={"format": KEPT_FORMAT})
+        if result.permutations:
+            _save_permutations(folder, result.permutations)
+        info = {k: v for k, v in result.info.items() if k in result.masks}
+        if info:  # per-matrix method info with tensors (e.g. GPTQ scales / zero points) for exporters
+            from .tensorfile import save_method_info
+            save_method_info(info, folder / "info.safetensors")
+        if result.stats:
+            flat = {f"{p}::{s}::{k}": t.contiguous() for p, per in result.stats.items() for s, d in per.items()
+                    for k, t in d.items()}
+            save_file(flat, folder / "stats.safetensors")
+
+    def finish(self, result, calibration=None, tokenizer=None, model=None) -> None:
+        """Write everything but what the sink already wrote; ``record.json`` last."""
+        folder, cfg = self.folder, self.cfg
+        data = config_data(cfg, self.source)
+        (folder / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+        if self.sink is None:
+            self._write_tensors(result)
+        else:
+            self.sink.close()
+        if calibration is not None:
+            calibration.write_jsonl(folder / "calibration.jsonl", tokenizer)
+        record = dict(result.record)
+        record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        if model is not None and cfg.save_model:
+            model.save_pretrained(folder / "model")
+        if tokenizer is not None and (folder / "model").is_dir():  # beside a saved or streamed model
             tokenizer.save_pretrained(folder / "model")
-    write_json(folder / "record.json", record)
+        write_json(folder / "record.json", record)
+
+    def abort(self) -> None:
+        if self.sink is not None:
+            self.sink.abort()
+
+
+def write_run(folder: Path, cfg: RunConfig, result, calibration=None, tokenizer=None, model=None) -> None:
+    """Write an in-memory run's folder from the engine's result (see :class:`RunWriter`)."""
+    RunWriter(folder, cfg).finish(result, calibration, tokenizer, model)
 
 
 def is_run(path: str | Path) -> bool:

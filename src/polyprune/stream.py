@@ -5,8 +5,9 @@ final norm, …) are attached; embedding tables are read row by row on first loo
 rows the calibration touches take memory; non-persistent buffers (rotary tables) are computed by
 the constructors as usual. The ordinary engine (:func:`polyprune.prune`) then walks the layers with a ``layer_io``
 that loads layer *i* from disk before its statistics and, once its outputs have fed layer *i+1*,
-writes its (pruned or quantised) tensors to the output checkpoint, spills its masks to disk and
-frees it. Masks are therefore the ones of the in-memory path, bit for bit.
+writes its (pruned or quantised) tensors to the output checkpoint and frees it; each matrix's mask,
+kept values and info go to their files as it is pruned (:class:`polyprune.run.StreamSink`). Masks
+are therefore the ones of the in-memory path, bit for bit.
 
 Output (inside ``out``): ``model/`` (sharded safetensors + index + config + tokenizer files),
 ``masks.safetensors``, ``weights.safetensors`` (kept values of weight-updating methods) and
@@ -138,24 +139,16 @@ def skeleton(folder: str | Path, dtype: torch.dtype, ckpt: Checkpoint | None = N
 
 class LayerStreamer:
     """``layer_io`` for :func:`polyprune.prune`: load layer i from the checkpoint, and afterwards
-    write its tensors (in the checkpoint's dtype) to ``model/``, its masks / kept values / method
-    info to their files, then free it."""
+    write its tensors (in the checkpoint's dtype) to ``model/``, then free it."""
 
     def __init__(self, model: nn.Module, path: str, ckpt: Checkpoint, out: Path, dtype: torch.dtype,
-                 n_layers: int, mask_metadata: dict[str, str] | None = None):
-        from .tensorfile import INFO_FORMAT
+                 n_layers: int):
         self.model, self.path, self.ckpt, self.out, self.dtype = model, path, ckpt, Path(out), dtype
         self.model_dir = self.out / "model"
         self.model_dir.mkdir(parents=True, exist_ok=True)
         self.n_shards = n_layers + 1
         self.weight_map: dict[str, str] = {}
         self.total_size = 0
-        from .masks import MaskWriter
-        self.masks = MaskWriter(self.out / "masks.safetensors", mask_metadata)  # the in-memory runs' writer
-        self.kept = SafetensorsWriter(self.out / "weights.safetensors", {"format": "polyprune-kept-values"})
-        self.info = SafetensorsWriter(self.out / "info.safetensors", {"format": INFO_FORMAT})
-        self.info_scalars: dict[str, dict] = {}
-        self.counts: dict[str, tuple[int, int]] = {}  # matrix -> (pruned, total)
         self.load_s = self.write_s = 0.0
 
     def shard_name(self, k: int) -> str:
@@ -198,7 +191,7 @@ class LayerStreamer:
             _set_tensor(self.model, name, value if value.dtype == want else value.to(want))
         self.load_s += time.perf_counter() - t0
 
-    def release(self, i: int, layer: nn.Module, masks) -> None:
+    def release(self, i: int, layer: nn.Module) -> None:
         t0 = time.perf_counter()
         prefix = f"{self.path}.{i}."
         state = _state_names(layer, prefix)
@@ -212,20 +205,6 @@ class LayerStreamer:
         self.total_size += save_tensors(self.model_dir / shard, tensors, {"format": "pt"},
                                         {k: self.ckpt.dtype(k) for k in tensors})
         del tensors
-        from .tensorfile import info_items
-        for name in [n for n in masks if n.startswith(prefix)]:
-            m = masks.pop(name)
-            self.masks.add(name, m.to(torch.bool))
-            self.counts[name] = (int((~m).sum()), m.numel())
-            w = masks.weights.pop(name, None)
-            if w is not None:
-                self.kept.add(name, w[m].contiguous())
-            inf = masks.info.pop(name, None) if hasattr(masks, "info") else None
-            if inf:
-                ts, sc = info_items(name, inf)
-                for key, t in ts.items():
-                    self.info.add(key, t)
-                self.info_scalars[name] = sc
         for name, t in state.items():  # free: back to meta
             if t.device.type != "meta" and name in self.ckpt:
                 _set_tensor(self.model, name, torch.empty(t.shape, dtype=t.dtype, device="meta"))
@@ -233,30 +212,13 @@ class LayerStreamer:
         trim_heap()
         self.write_s += time.perf_counter() - t0
 
-    def finish(self, source: Path) -> dict:
-        """Close the files; write the index and copy config / tokenizer files. Returns the
-        sparsity accounting (as :func:`polyprune.masks.sparsity_report`)."""
-        self.masks.close()
-        for w, name in ((self.kept, "weights.safetensors"), (self.info, "info.safetensors")):
-            if w.header:
-                if w is self.info:
-                    w.metadata["scalars"] = json.dumps(self.info_scalars)
-                w.close()
-            else:
-                w.abort()
+    def finish(self, source: Path) -> None:
+        """Write the checkpoint's index and copy its config / tokenizer files."""
         index = {"metadata": {"total_size": self.total_size}, "weight_map": dict(sorted(self.weight_map.items()))}
         (self.model_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
         for f in sorted(Path(source).iterdir()):
             if f.is_file() and not WEIGHT_FILE.match(f.name) and not f.name.startswith("."):
                 shutil.copy2(f, self.model_dir / f.name)
-        total = sum(t for _, t in self.counts.values())
-        pruned = sum(p for p, _ in self.counts.values())
-        return {"overall": pruned / total if total else 0.0, "pruned": pruned, "total": total,
-                "per_matrix": {k: p / t for k, (p, t) in self.counts.items()}}
-
-    def abort(self) -> None:
-        for w in (self.masks, self.kept, self.info):
-            w.abort()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,17 +288,21 @@ def needed_bytes(ckpt: Checkpoint, prunable: int, updates_weights: bool) -> int:
 def stream_prune(model_dir: str | Path, calibration: Any, out: str | Path, method: str = "wanda",
                  sparsity: float | None = 0.5, pattern: str = "unstructured", *, dtype: str | torch.dtype | None = None,
                  activation_dtype: str | torch.dtype | None = None, check_space: bool = True,
-                 mask_metadata: dict[str, str] | None = None, tune_allocator: bool = False, **prune_options) -> dict:
+                 mask_metadata: dict[str, str] | None = None, tune_allocator: bool = False, sink=None,
+                 **prune_options) -> dict:
     """Prune the safetensors checkpoint in ``model_dir`` layer by layer into the folder ``out`` (created;
     normally a staged temp folder): ``model/``, ``masks.safetensors``, ``weights.safetensors``,
-    ``info.safetensors``. ``prune_options`` go to :func:`polyprune.prune` (seed, sequential,
-    keep_dense_layers, method options …); samples go through each layer one at a time unless
-    ``batch_tokens`` is given (least activation memory). ``tune_allocator``: apply
-    :func:`return_freed_memory` first, a process-wide glibc setting, so only a process that does
-    nothing else opts in (``polyprune prune --offload`` does). Returns the run record (as ``masks.record``)."""
+    ``info.safetensors``, ``permutations.safetensors``. ``prune_options`` go to :func:`polyprune.prune`
+    (seed, sequential, keep_dense_layers, method_options …); samples go through each layer one at a
+    time unless ``batch_tokens`` is given (least activation memory). ``sink``: the
+    :class:`polyprune.run.StreamSink` of the run's writer (default: one in ``out`` with
+    ``mask_metadata``), closed here. ``tune_allocator``: apply :func:`return_freed_memory` first, a
+    process-wide glibc setting, so only a process that does nothing else opts in (``polyprune prune
+    --offload`` does). Returns the run record (``PruneResult.record`` plus ``streaming``)."""
+    from .engine import prune
     from .methods import get_method
     from .model import prunable_weights, resolve_dtype
-    from .prune import prune
+    from .run import StreamSink
     prune_options.setdefault("batch_tokens", 1)
     if prune_options.get("allocation") not in (None, "", "uniform"):
         raise UserError("layer-wise sparsity allocation needs the whole model in memory: drop --allocation "
@@ -355,27 +321,25 @@ def stream_prune(model_dir: str | Path, calibration: Any, out: str | Path, metho
         check_target(out / "x", needed_bytes(ckpt, prunable, meth.updates_weights))
     from .model import find_layers
     n_layers = len(find_layers(model)[1])
-    io = LayerStreamer(model, path, ckpt, out, dt, n_layers, mask_metadata or
-                       {"method": method, "model": str(model_dir), "pattern": str(pattern), "sparsity": str(sparsity)})
+    io = LayerStreamer(model, path, ckpt, out, dt, n_layers)
+    if sink is None:
+        sink = StreamSink(out, mask_metadata or {"method": method, "model": str(model_dir), "pattern": str(pattern),
+                                                 "sparsity": str(sparsity)})
     if tune_allocator:
         return_freed_memory()
     try:
         io.write_outside()
-        masks = prune(model, calibration, method, sparsity, pattern, layer_io=io, activation_dtype=act,
-                      **prune_options)
-        rep = io.finish(Path(model_dir))
+        result = prune(model, calibration, method, sparsity, pattern, layer_io=io, activation_dtype=act, sink=sink,
+                       **prune_options)
+        io.finish(Path(model_dir))
+        sink.close()
     except BaseException:
-        io.abort()
+        sink.abort()
         raise
-    rec = masks.record
-    rec.update({"achieved_sparsity": rep["overall"], "per_matrix": rep["per_matrix"], "pruned_weights": rep["pruned"],
-                "prunable_weights": rep["total"]})
+    rec = result.record
     rec["streaming"] = {"activation_dtype": str(act or dt).replace("torch.", ""), "layer_load_s": io.load_s,
                         "layer_write_s": io.write_s, "checkpoint_bytes": ckpt.nbytes(),
                         "model_bytes_in_memory_dtype": estimated_bytes(ckpt, dt)}
-    if masks.permutations:
-        from .io import save_safetensors
-        save_safetensors({k: v.contiguous() for k, v in masks.permutations.items()}, out / "permutations.safetensors")
     return rec
 
 

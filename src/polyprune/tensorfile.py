@@ -221,11 +221,28 @@ class SafetensorsWriter:
     def nbytes(self) -> int:
         return self.offset
 
-    def close(self) -> None:
+    def close(self, sort: bool = False) -> None:
+        """Join header and data. ``sort``: lay the data out in name order (as a writer given a sorted
+        dict would), copied piece by piece from the side file."""
         self.data.close()
+        header, spans = self.header, None
+        if sort:
+            header, spans, offset = {}, [], 0
+            for name in sorted(self.header):
+                start, end = self.header[name]["data_offsets"]
+                header[name] = {**self.header[name], "data_offsets": [offset, offset + end - start]}
+                spans.append((start, end - start))
+                offset += end - start
         with open(self.path, "wb") as out, open(self.data_path, "rb") as data:
-            out.write(_header_blob(self.header, self.metadata))
-            shutil.copyfileobj(data, out, CHUNK)
+            out.write(_header_blob(header, self.metadata))
+            if spans is None:
+                shutil.copyfileobj(data, out, CHUNK)
+            for start, left in spans or ():
+                data.seek(start)
+                while left:
+                    chunk = data.read(min(CHUNK, left))
+                    out.write(chunk)
+                    left -= len(chunk)
         self.data_path.unlink()
 
     def abort(self) -> None:

@@ -1,4 +1,4 @@
-"""The pruning entry point: ``pp.prune(model, calibration, method=..., sparsity=..., pattern=...)``."""
+"""The pruning engine: ``pp.prune(model, calibration, method=..., sparsity=..., pattern=...)``."""
 from __future__ import annotations
 
 import logging
@@ -11,25 +11,13 @@ from torch import nn
 from .calibration import Calibration, as_calibration
 from .collect import walk
 from .errors import UserError
-from .masks import Pattern, check_sparsity, parse_pattern, sparsity_report, to_stored, weight_matrix
+from .masks import Pattern, check_sparsity, parse_pattern, to_stored, weight_matrix
 from .methods import Spec, check_options, get_method, get_refiner
 from .model import find_layers, prunable_modules
 from .progress import Timer, peak_memory
+from .result import PruneResult, Sink, prune_matrix
 
 log = logging.getLogger(__name__)
-
-
-class Masks(dict):
-    """``full parameter name -> bool mask (True = kept)``, plus what the run produced:
-    ``weights`` (new values of weight-updating methods), ``stats`` (kept statistics), ``record``."""
-
-    def __init__(self, *a, **k):
-        super().__init__(*a, **k)
-        self.weights: dict[str, torch.Tensor] = {}
-        self.stats: dict[str, Any] = {}
-        self.record: dict[str, Any] = {}
-        self.permutations: dict[str, torch.Tensor] = {}  # input-channel permutations (e.g. RIA N:M)
-        self.info: dict[str, dict] = {}  # MethodResult.info per matrix (e.g. GPTQ scales / zero points)
 
 
 def normalise_layer_list(keep: Sequence[int] | str | None, n_layers: int) -> set[int]:
@@ -52,8 +40,9 @@ def prune(model: nn.Module, calibration: Any = None, method: str = "wanda", spar
           keep_stats: Sequence[str] | bool = False, allocation: str | None = None,
           allocation_options: dict | None = None, refine: str | None = None, refine_options: dict | None = None,
           layer_io: Any = None, activation_dtype: torch.dtype | None = None, batch_tokens: int | None = None,
-          activation_device: torch.device | str | None = None, **method_options) -> Masks:
-    """Prune ``model`` in place, layer by layer, and return its masks.
+          activation_device: torch.device | str | None = None, method_options: dict | None = None,
+          sink: Sink | None = None) -> PruneResult:
+    """Prune ``model`` in place, layer by layer; returns a :class:`~polyprune.result.PruneResult`.
 
     ``calibration``: LongTensor [n, L], list of dicts {input_ids, attention_mask}, or a Calibration
     (needed by methods that use activations). ``pattern``: ``unstructured`` or ``N:M``.
@@ -62,15 +51,19 @@ def prune(model: nn.Module, calibration: Any = None, method: str = "wanda", spar
     (the references' behaviour). ``keep_dense_layers``: decoder layers left unpruned.
     ``layer_sparsity``: one target per decoder layer (overrides ``sparsity``). ``allocation``: a
     registered layer-wise sparsity allocation (e.g. ``owl``). ``keep_stats``: True or a list of
-    statistics kinds to keep (returned in ``masks.stats``). ``refine``: a registered mask refinement
+    statistics kinds to keep (returned in ``.stats``). ``refine``: a registered mask refinement
     applied to every matrix after the method (e.g. ``dsnot``), with ``refine_options``.
-    ``layer_io``: an object with ``load(i, layer)`` / ``release(i, layer, masks)`` called around
+    ``layer_io``: an object with ``load(i, layer)`` / ``release(i, layer)`` called around
     each decoder layer (streaming from disk, see ``polyprune.stream``); ``activation_dtype``: storage
     dtype of the hidden states between layers (statistics stay fp32); ``batch_tokens``: tokens per
     batched layer call for samples of one length (default 4096; 1 = one sample per call, the least
     activation memory; masks are identical either way); ``activation_device``: where the hidden
     states are kept (e.g. ``cpu`` while layers are onloaded to a GPU, see ``polyprune.onload``).
+    ``method_options``: the method's own options (e.g. ``{"blocksize": 64}``), apart from the engine's.
+    ``sink``: where each matrix's mask, new weights and info go as soon as it is pruned (see
+    :class:`polyprune.run.StreamSink`); by default the returned result collects them.
     Methods run on the device of the weights; masks and kept values are stored on the CPU."""
+    method_options = dict(method_options or {})
     t_start = time.perf_counter()
     meth = get_method(method)
     check_options(meth, method_options)
@@ -123,7 +116,7 @@ def prune(model: nn.Module, calibration: Any = None, method: str = "wanda", spar
     if layer_io is not None and getattr(layer_io, "moves_only", False) or activation_device is not None:
         # a data-driven allocation's dense pass walks the layers where this run does
         placement = {"activation_device": activation_device, "compute_device": compute_device, **(
-            {"before_layer": layer_io.load, "after_layer": lambda i, layer: layer_io.release(i, layer, {})}
+            {"before_layer": layer_io.load, "after_layer": layer_io.release}
             if layer_io is not None and getattr(layer_io, "moves_only", False) else {})}
     from .allocation import walk_placement
     with walk_placement(placement):
@@ -132,7 +125,8 @@ def prune(model: nn.Module, calibration: Any = None, method: str = "wanda", spar
     layer_pats = [pat] * n_layers
     if pat.structured and layer_sparsity is None and allocation not in (None, "", "uniform"):
         layer_pats = [Pattern(int(round(t * pat.m)), pat.m) for t in targets]  # N varies per layer
-    masks = Masks()
+    result = PruneResult()
+    out: Sink = result if sink is None else sink
     sets = tuple(meth.sets) if (meth.sets and not extra) else None
 
     def on_layer(i: int, layer: nn.Module, stats) -> None:
@@ -153,34 +147,26 @@ def prune(model: nn.Module, calibration: Any = None, method: str = "wanda", spar
                 if meth.needs:
                     _check_finite(st, full)
                 if extra:
-                    masks.stats[full] = {k: {n: t.cpu() for n, t in v.tensors().items()} for k, v in st.items()}
+                    result.stats[full] = {k: {n: t.cpu() for n, t in v.tensors().items()} for k, v in st.items()}
             spec = Spec(targets[i], layer_pats[i], {**method_options}, full, seed)
-            res = meth.fn(W, st, spec)
-            if ref is not None:
-                info = res.info
-                res = ref.fn(W, st, Spec(targets[i], layer_pats[i], {**(refine_options or {})}, full, seed),
-                             res.kept.to(torch.bool))
-                res.info = {**info, **res.info}
-            if res.info:
-                masks.info[full] = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in res.info.items()}
-            if "permutation" in res.info:
-                masks.permutations[full] = torch.as_tensor(res.info["permutation"], dtype=torch.long).cpu()
+            rspec = Spec(targets[i], layer_pats[i], {**(refine_options or {})}, full, seed) if ref else None
+            res = prune_matrix(W, st, spec, meth, ref, rspec)
+            info = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in res.info.items()}
             kept = res.kept.to(torch.bool)
             with torch.no_grad():
                 new = res.weight if res.weight is not None else W.mul_(kept)  # W: this loop's own copy
                 mod.weight.data.copy_(to_stored(mod, new.to(mod.weight.dtype)))
-            masks[full] = to_stored(mod, kept).cpu()
-            if res.weight is not None:
-                masks.weights[full] = to_stored(mod, res.weight.to(mod.weight.dtype)).cpu()
+            weight = None if res.weight is None else to_stored(mod, res.weight.to(mod.weight.dtype)).cpu()
+            out.add(full, to_stored(mod, kept).cpu(), weight, info)
 
     walk(model, cal, kinds, sets, on_layer, sequential=sequential, count_pads=count_pads, timer=timer,
          skip_stats=lambda i: i in keep and not extra, description=f"{method} {pat if pat.structured else sparsity}",
          before_layer=None if layer_io is None else layer_io.load,
-         after_layer=None if layer_io is None else (lambda i, layer: layer_io.release(i, layer, masks)),
+         after_layer=None if layer_io is None else layer_io.release,
          activation_dtype=activation_dtype, batch_tokens=batch_tokens, activation_device=activation_device,
          compute_device=compute_device)
-    rep = sparsity_report(masks)
-    masks.record = {
+    rep = out.report()  # counted from what the sink got (written, for a streaming sink)
+    result.record = {
         "method": method, "sparsity_target": sparsity, "pattern": str(pat), "achieved_sparsity": rep["overall"],
         "per_matrix": rep["per_matrix"], "pruned_weights": rep["pruned"], "prunable_weights": rep["total"],
         "layer_sparsity": targets, "keep_dense_layers": sorted(keep),
@@ -192,7 +178,7 @@ def prune(model: nn.Module, calibration: Any = None, method: str = "wanda", spar
             "samples": len(cal), "tokens": sum(s.n_tokens for s in cal.samples),
             "tokens_per_set_and_language": cal.token_counts(), "count_pads": count_pads},
     }
-    return masks
+    return result
 
 
 def _check_finite(st, name: str) -> None:
