@@ -58,12 +58,8 @@ class Allocation:
                  **options) -> list[float]:
         filled = self.fill_options(options)
         if self.needs_calibration and calibration is None:
-            raise UserError(needs_data_message(self.name))
+            raise UserError(f"allocation {self.name!r} needs calibration data: give --calibration-file or a recipe")
         return self.fn(model, calibration, sparsity, pattern, count_pads=count_pads, **filled)
-
-
-def needs_data_message(name: str) -> str:
-    return f"allocation {name!r} needs calibration data: give --calibration-file or a recipe"
 
 
 ALLOCATIONS: Registry[Allocation] = Registry("allocation", also=("uniform",))

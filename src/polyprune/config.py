@@ -229,8 +229,10 @@ def validate_config(data: dict, what: str = "config", partial: bool = False, reg
             valid = ", ".join(RunConfig.model_fields) if len(err["loc"]) == 1 else ", ".join(
                 CalibrationConfig.model_fields)
             raise UserError(f"{what}: unknown key {loc!r}; valid keys: {valid}") from None
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        raise UserError(f"{what}: {loc}: {msg}" if loc else f"{what}: {msg}") from None
+        if err["type"] == "value_error":  # a rule's own line, which names its fix
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            raise UserError(f"{what}: {loc}: {msg}" if loc else f"{what}: {msg}") from None
+        raise UserError(f"{what}: {loc}: {err['msg']} (got {err.get('input')!r})") from None
 
 
 def field_default(name: str, model: type[Strict] = RunConfig) -> Any:

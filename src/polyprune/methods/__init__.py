@@ -98,11 +98,6 @@ def get_method(name: str) -> Method:
     return METHODS.resolve(name)
 
 
-def check_options(method: Method, options: dict[str, Any]) -> None:
-    """Refuse an unknown option or a wrong type (one line naming it)."""
-    method.fill_options(options)
-
-
 @dataclass
 class Refiner:
     """A mask refinement applied after any method's initial mask: ``fn(W, stats, spec, kept) -> MethodResult``."""
@@ -138,5 +133,5 @@ def get_refiner(name: str) -> Refiner:
     return REFINERS.resolve(name)
 
 
-__all__ = ["METHODS", "Method", "MethodResult", "REFINERS", "Refiner", "Spec", "check_options", "get_method",
+__all__ = ["METHODS", "Method", "MethodResult", "REFINERS", "Refiner", "Spec", "get_method",
            "get_refiner", "register", "register_refiner"]
