@@ -101,7 +101,7 @@ def test_nm_mask_holds_under_permutation_and_is_saved(tiny, calib_ids, tmp_path)
         perm = masks.permutations.get(name, torch.arange(mask.shape[1]))
         pm = mask[:, perm]
         assert ((~pm).reshape(pm.shape[0], -1, 4).sum(-1) == 2).all()
-    write_run(tmp_path / "run", RunConfig(method="ria", pattern="2:4"), masks)
+    write_run(tmp_path / "run", RunConfig(method="ria", pattern="2:4", calibration={"file": "calib.txt"}), masks)
     saved = load_file(str(tmp_path / "run" / "permutations.safetensors"))
     assert set(saved) == set(masks.permutations)
     assert all(torch.equal(saved[k], masks.permutations[k]) for k in saved)

@@ -18,13 +18,16 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
+from pydantic import BaseModel
 
+from . import options as _options
 from .errors import UserError
 from .masks import Pattern, weight_matrix
+from .options import Bool, Number, Strict
 from .registry import Registry
 
 log = logging.getLogger(__name__)
@@ -38,28 +41,39 @@ class Allocation:
 
     name: str
     fn: Callable[..., list[float]]
-    options: dict[str, Any] = field(default_factory=dict)
+    options_model: type[BaseModel] = _options.NoOptions  # typed options with their defaults
     needs_calibration: bool = True
     doc: str = ""
 
+    @property
+    def options(self) -> dict[str, Any]:
+        """``{option: default}``, from the options model."""
+        return _options.defaults(self.options_model)
+
+    def fill_options(self, options: dict[str, Any] | None) -> dict[str, Any]:
+        """``options`` validated, every default filled (one line naming a bad option)."""
+        return _options.fill("allocation", self.name, self.options_model, options)
+
     def __call__(self, model, calibration, sparsity: float, pattern: Pattern, *, count_pads: bool = False,
                  **options) -> list[float]:
-        unknown = sorted(set(options) - set(self.options))
-        if unknown:
-            raise UserError(f"allocation {self.name!r} has no option {unknown[0]!r}: valid options are "
-                            f"{', '.join(sorted(self.options)) or 'none'}")
+        filled = self.fill_options(options)
         if self.needs_calibration and calibration is None:
             raise UserError(f"allocation {self.name!r} needs calibration data: give --calibration-file or a recipe")
-        return self.fn(model, calibration, sparsity, pattern, count_pads=count_pads, **{**self.options, **options})
+        return self.fn(model, calibration, sparsity, pattern, count_pads=count_pads, **filled)
 
 
 ALLOCATIONS: Registry[Allocation] = Registry("allocation", also=("uniform",))
 
 
-def register_allocation(name: str, options: dict | None = None, needs_calibration: bool = True):
-    """Decorator: register a layer-wise allocation under ``name``."""
+def is_uniform(name: str | None) -> bool:
+    """True when ``name`` asks for the same sparsity in every layer (no allocation, "" or "uniform")."""
+    return name in (None, "", "uniform")
+
+
+def register_allocation(name: str, options: type[BaseModel] | dict | None = None, needs_calibration: bool = True):
+    """Decorator: register a layer-wise allocation under ``name``; ``options``: its options model."""
     def deco(fn):
-        ALLOCATIONS.register(name, Allocation(name, fn, dict(options or {}), needs_calibration,
+        ALLOCATIONS.register(name, Allocation(name, fn, _options.options_model(name, options), needs_calibration,
                                               (fn.__doc__ or "").strip()))
         return fn
     return deco
@@ -225,7 +239,17 @@ def _targets(divergence, params, sparsity, pattern: Pattern, lam, lam_nm, weight
     return band_allocation(divergence, sparsity, lam, w)
 
 
-@register_allocation("owl", options={"m": 5.0, "lam": 0.08, "lam_nm": 2.0, "weighted": True})
+class BandOptions(Strict):
+    lam: Number = 0.08  # λ: the band half-width is 2λ
+    lam_nm: Number = 2.0  # λ for N:M patterns (the reference's N:M script uses λ = 2)
+    weighted: Bool = True  # average by parameter count
+
+
+class OWLOptions(BandOptions):
+    m: Number = 5.0  # outlier threshold M × mean score
+
+
+@register_allocation("owl", options=OWLOptions)
 def owl(model, calibration, sparsity, pattern, *, count_pads=False, m=5.0, lam=0.08, lam_nm=2.0, weighted=True):
     """OWL (Yin et al. 2024): outlier-weighted layer sparsity. ``m`` = M (outlier threshold × mean score),
     ``lam`` = λ (band half-width is 2λ), ``lam_nm`` = λ for N:M patterns (the reference's N:M script uses
@@ -253,7 +277,7 @@ def lang_correlation_divergence(model, calibration, count_pads: bool = False) ->
     return [div[i] for i in range(n)], [params[i] for i in range(n)]
 
 
-@register_allocation("lang-corr", options={"lam": 0.08, "lam_nm": 2.0, "weighted": True})
+@register_allocation("lang-corr", options=BandOptions)
 def lang_corr(model, calibration, sparsity, pattern, *, count_pads=False, lam=0.08, lam_nm=2.0, weighted=True):
     """Language-correlation allocation (this project's): blocks whose per-language input-feature norms
     correlate least across languages get lower sparsity, in OWL's band (λ as in ``owl``)."""
@@ -264,5 +288,5 @@ def lang_corr(model, calibration, sparsity, pattern, *, count_pads=False, lam=0.
 
 
 __all__ = ["ALLOCATIONS", "Allocation", "band_allocation", "band_allocation_nm", "clamp_redistribute",
-           "get_allocation", "lang_correlation_divergence", "outlier_ratio", "owl_outlier_ratios",
+           "get_allocation", "is_uniform", "lang_correlation_divergence", "outlier_ratio", "owl_outlier_ratios",
            "pearson_divergence", "register_allocation"]

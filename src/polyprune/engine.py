@@ -11,8 +11,10 @@ from torch import nn
 from .calibration import Calibration, as_calibration
 from .collect import walk
 from .errors import UserError
+from .allocation import is_uniform
+from .config import check_run
 from .masks import Pattern, check_sparsity, parse_pattern, to_stored, weight_matrix
-from .methods import Spec, check_options, get_method, get_refiner
+from .methods import Spec, get_method, get_refiner
 from .model import find_layers, prunable_modules
 from .progress import Timer, peak_memory
 from .result import PruneResult, Sink, prune_matrix
@@ -65,32 +67,19 @@ def prune(model: nn.Module, calibration: Any = None, method: str = "wanda", spar
     Methods run on the device of the weights; masks and kept values are stored on the CPU."""
     method_options = dict(method_options or {})
     t_start = time.perf_counter()
+    method_options = check_run(method, sparsity, pattern, method_options, refine=refine,
+                               refine_options=refine_options, allocation=allocation,
+                               allocation_options=allocation_options)  # the rules a RunConfig also applies
     meth = get_method(method)
-    check_options(meth, method_options)
     pat = parse_pattern(pattern)
-    if pat.structured:
-        sparsity = pat.sparsity
-    else:
-        sparsity = check_sparsity(sparsity)
+    sparsity = pat.sparsity if pat.structured else float(sparsity)
     path, layers = find_layers(model)
     n_layers = len(layers)
     keep = normalise_layer_list(keep_dense_layers, n_layers)
     extra = set()
     if keep_stats:
         extra = {"sqnorm"} if keep_stats is True else set(keep_stats)
-    ref = None
-    if refine:
-        ref = get_refiner(refine)
-        bad = sorted(set(refine_options or {}) - set(ref.options))
-        if bad:
-            raise UserError(f"refinement {refine!r} has no option {bad[0]!r}: valid options are "
-                            f"{', '.join(sorted(ref.options)) or 'none'}")
-        if not meth.needs:
-            raise UserError(f"refinement {refine!r} needs input statistics but method {method!r} uses none: "
-                            f"refine a calibrated method (e.g. --method wanda)")
-        if meth.updates_weights:
-            raise UserError(f"refinement {refine!r} swaps weights of the original matrix but method {method!r} "
-                            f"updates weights: refine a mask-only method (e.g. --method wanda)")
+    ref = get_refiner(refine) if refine else None
     kinds = frozenset(set(meth.needs) | extra | (set(ref.needs) if ref else set()))
     cal: Calibration | None = None
     if kinds:
@@ -108,7 +97,7 @@ def prune(model: nn.Module, calibration: Any = None, method: str = "wanda", spar
     elif calibration is not None:
         log.info("method %s uses no calibration data; the calibration is ignored", method)
 
-    if cal is None and calibration is not None and allocation not in (None, "", "uniform"):
+    if cal is None and calibration is not None and not is_uniform(allocation):
         cal = as_calibration(calibration)  # data-driven allocations (e.g. owl) with a data-free method
     timer = Timer()
     compute_device = getattr(layer_io, "device", None)
@@ -123,7 +112,7 @@ def prune(model: nn.Module, calibration: Any = None, method: str = "wanda", spar
         targets = _layer_targets(model, cal, sparsity, pat, layer_sparsity, allocation, allocation_options,
                                  n_layers, count_pads, timer)
     layer_pats = [pat] * n_layers
-    if pat.structured and layer_sparsity is None and allocation not in (None, "", "uniform"):
+    if pat.structured and layer_sparsity is None and not is_uniform(allocation):
         layer_pats = [Pattern(int(round(t * pat.m)), pat.m) for t in targets]  # N varies per layer
     result = PruneResult()
     out: Sink = result if sink is None else sink
@@ -195,7 +184,7 @@ def _layer_targets(model, cal, sparsity, pat, layer_sparsity, allocation, alloca
         if len(layer_sparsity) != n_layers:
             raise UserError(f"layer_sparsity has {len(layer_sparsity)} values for {n_layers} decoder layers")
         return [check_sparsity(s) for s in layer_sparsity]
-    if allocation in (None, "", "uniform"):
+    if is_uniform(allocation):
         return [sparsity] * n_layers
     from .allocation import get_allocation
     alloc = get_allocation(allocation)

@@ -5,7 +5,7 @@ import logging
 from pathlib import Path
 
 from .calibration import Calibration, build_calibration, from_text_file
-from .config import CalibrationConfig, RunConfig
+from .config import CalibrationConfig, RunConfig, check_calibration
 from .errors import UserError
 from .methods import get_method
 from .run import RunWriter, staged_dir
@@ -16,35 +16,22 @@ log = logging.getLogger(__name__)
 def calibration_from_config(cc: CalibrationConfig, tokenizer, seed: int, method: str,
                             needs_data: bool = False) -> Calibration | None:
     """Build the calibration a run asks for (``None`` for data-free methods unless ``needs_data``,
-    e.g. a data-driven allocation)."""
+    e.g. a data-driven allocation); the rules are :func:`polyprune.config.check_calibration`'s."""
+    check_calibration(cc, method, needs_data)
     meth = get_method(method)
     if not meth.needs and not needs_data:
-        if cc.contrast or cc.contrast_lang:
-            raise UserError(f"a contrast set was given but method {method!r} does not use one: "
-                            f"use --method wanda-contrastive or drop --contrast")
         if cc.file or cc.recipe:
             log.info("method %s uses no calibration data; ignoring the calibration settings", method)
         return None
     if tokenizer is None:
         raise UserError("this model has no tokenizer: calibration text cannot be tokenized")
-    if cc.file and cc.recipe:
-        raise UserError("give either --calibration-file or --calibration RECIPE, not both")
     common = dict(nsamples=cc.nsamples, seqlen=cc.seqlen, seed=seed, data_dir=cc.data_dir)
     if cc.file:
         cal = from_text_file(cc.file, tokenizer, cc.nsamples, cc.seqlen, seed, tuple(cc.langs))
-    elif cc.recipe:
+    else:
         cal = build_calibration(cc.recipe, tokenizer, langs=list(cc.langs), target_lang=cc.target_lang,
                                 k=cc.k, **common, **cc.options)
-    else:
-        raise UserError(f"method {method!r} needs calibration data: give --calibration-file FILE or "
-                        f"--calibration RECIPE --lang CODE")
-    has_contrast = bool(cc.contrast or cc.contrast_lang)
-    if has_contrast and "contrast" not in meth.sets:
-        raise UserError(f"a contrast set was given but method {method!r} does not use one: "
-                        f"use --method wanda-contrastive or drop --contrast")
     if "contrast" in meth.sets:
-        if not has_contrast:
-            raise UserError(f"method {method!r} needs a contrast set: give --contrast code or --contrast-lang CODE")
         if cc.contrast_lang:
             contrast = build_calibration(cc.contrast if cc.contrast not in (None, "code") else "monolingual",
                                          tokenizer, langs=[cc.contrast_lang], target_lang=None, k=cc.k, **common)
@@ -56,8 +43,7 @@ def calibration_from_config(cc: CalibrationConfig, tokenizer, seed: int, method:
 
 def build_run_calibration(cfg: RunConfig, tokenizer) -> Calibration | None:
     """The calibration of a run config (data also for data-driven allocations such as OWL)."""
-    return calibration_from_config(cfg.calibration, tokenizer, cfg.seed, cfg.method,
-                                   needs_data=cfg.allocation not in (None, "", "uniform"))
+    return calibration_from_config(cfg.calibration, tokenizer, cfg.seed, cfg.method, needs_data=not cfg.uniform)
 
 
 def engine_options(cfg: RunConfig) -> dict:
@@ -98,7 +84,7 @@ def check_positions(cfg: RunConfig) -> None:
     """Refuse calibration windows longer than the model's positions, from ``config.json`` alone
     (before any weight loads); models without a position limit (or unreadable configs, which the
     loader reports) pass."""
-    if not (get_method(cfg.method).needs or cfg.allocation not in (None, "", "uniform") or cfg.keep_stats):
+    if not (get_method(cfg.method).needs or not cfg.uniform or cfg.keep_stats):
         return
     try:
         from transformers import AutoConfig

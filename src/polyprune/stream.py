@@ -304,7 +304,8 @@ def stream_prune(model_dir: str | Path, calibration: Any, out: str | Path, metho
     from .model import prunable_weights, resolve_dtype
     from .run import StreamSink
     prune_options.setdefault("batch_tokens", 1)
-    if prune_options.get("allocation") not in (None, "", "uniform"):
+    from .allocation import is_uniform
+    if not is_uniform(prune_options.get("allocation")):
         raise UserError("layer-wise sparsity allocation needs the whole model in memory: drop --allocation "
                         "or --offload, or give layer_sparsity explicitly")
     if prune_options.get("keep_stats"):

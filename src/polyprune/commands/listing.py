@@ -48,6 +48,9 @@ def entries(kind: str) -> list[tuple[str, str]]:
         import importlib
         reg = getattr(importlib.import_module(module), attr)
         rows = reg.describe()
+        if kind in ("methods", "refinements", "allocations"):  # each entry's options model, with defaults
+            from ..options import describe
+            rows = [(n, f"{h} [{describe(reg[n].options_model)}]" if reg[n].options else h) for n, h in rows]
         if kind == "tasks":
             rows = [("lm-eval:<name>", f"{h} (e.g. --task lm-eval:arc_easy)") if n == "lm-eval" else (n, h)
                     for n, h in rows]

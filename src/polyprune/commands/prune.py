@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from ..cli import app, examples
+from ..config import CalibrationConfig, field_default, field_help
 from ..errors import UserError
 
 log = logging.getLogger(__name__)
@@ -39,12 +40,12 @@ def split_langs(values: list[str] | None) -> list[str]:
     "polyprune prune --method wanda --calibration text --lang swh --nsamples 16 --seqlen 256 --keep-stats "
     "--out runs/w-sw"))
 def prune(
-    model: str = typer.Option("embedded", "--model", "-m", help="Hub id, local folder, or 'embedded' (Gemma-3-270M, offline)."),
-    method: str = typer.Option("wanda", help="Pruning method: magnitude, random, wanda, wanda-contrastive, "
+    model: str = typer.Option(field_default("model"), "--model", "-m", help=field_help("model")),
+    method: str = typer.Option(field_default("method"), help="Pruning method: magnitude, random, wanda, wanda-contrastive, "
                                              "lang-wanda, ria, sparsegpt, gptq, sparsegpt-gptq "
                                              "(`polyprune list methods`)."),
-    sparsity: float = typer.Option(0.5, help="Fraction pruned, in (0, 1) (ignored for N:M)."),
-    pattern: str = typer.Option("unstructured", help="'unstructured' or N:M such as 2:4."),
+    sparsity: float = typer.Option(field_default("sparsity"), help=field_help("sparsity")),
+    pattern: str = typer.Option(field_default("pattern"), help=field_help("pattern")),
     calibration: Optional[str] = typer.Option(None, "--calibration", help="Calibration recipe: translation, "
                                                "monolingual, text, mix, code, mbs (`polyprune list recipes`); or "
                                                "--calibration-file."),
@@ -57,17 +58,18 @@ def prune(
     contrast_lang: Optional[str] = typer.Option(None, "--contrast-lang", help="Contrast-set language for wanda-contrastive."),
     calibration_file: Optional[Path] = typer.Option(None, "--calibration-file", help="Plain text file: seeded windows "
                                                        "of --seqlen tokens (e.g. examples/calibration.txt)."),
-    nsamples: int = typer.Option(32, help="Calibration samples (windows or demonstration sets)."),
-    seqlen: int = typer.Option(512, help="Tokens per calibration window."),
-    seed: int = typer.Option(0, help="Seed (calibration sampling, random method)."),
+    nsamples: int = typer.Option(field_default("nsamples", CalibrationConfig),
+                                 help=field_help("nsamples", CalibrationConfig)),
+    seqlen: int = typer.Option(field_default("seqlen", CalibrationConfig), help=field_help("seqlen", CalibrationConfig)),
+    seed: int = typer.Option(field_default("seed"), help=field_help("seed")),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Local data folder (layout as ../shared/data; 'hub' for the Hugging Face hub). Default: $POLYPRUNE_DATA_DIR, else ./shared/data or ../shared/data when present, else the hub."),
     dtype: Optional[str] = typer.Option(None, help="float32 (CPU default), bfloat16 (GPU default), float16."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 … (default: auto)."),
-    onload: str = typer.Option("auto", "--onload", help="GPU: move one decoder layer at a time to it: auto, always, never."),
+    onload: str = typer.Option(field_default("onload"), "--onload", help=field_help("onload")),
     activation_device: Optional[str] = typer.Option(None, "--activation-device", help="Where hidden states wait between layers: auto, cpu (pinned), cuda."),
     keep_dense_layers: Optional[str] = typer.Option(None, "--keep-dense-layers", help="Layers left dense, e.g. 0,-1."),
     non_sequential: bool = typer.Option(False, "--non-sequential", help="All statistics from the dense model."),
-    count_pads: bool = typer.Option(False, "--count-pads", help="Let pad tokens into statistics (as the references)."),
+    count_pads: bool = typer.Option(field_default("count_pads"), "--count-pads", help=field_help("count_pads")),
     allocation: Optional[str] = typer.Option(None, help="Layer-wise sparsity allocation: uniform (default), owl, "
                                                         "lang-corr (`polyprune list allocations`)."),
     option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="Method option key=value "
@@ -79,7 +81,7 @@ def prune(
     refine_option: Optional[list[str]] = typer.Option(None, "--refine-option", help="Refinement option key=value (repeatable)."),
     keep_stats: bool = typer.Option(False, "--keep-stats", help="Keep the input statistics in the run "
                                            "(stats.safetensors); `analyze --what magnitudes` needs them."),
-    save_model: bool = typer.Option(False, "--save-model", help="Also save the pruned model (save_pretrained)."),
+    save_model: bool = typer.Option(field_default("save_model"), "--save-model", help=field_help("save_model")),
     offload: bool = typer.Option(False, "--offload", help="Stream layers from disk; the pruned model goes to OUT/model."),
     max_memory: Optional[str] = typer.Option(None, "--max-memory", help="Stream when the model exceeds this, e.g. 4GB."),
     activation_dtype: Optional[str] = typer.Option(None, "--activation-dtype", help="Hidden-state buffers: bfloat16, float16 (stats stay fp32)."),
@@ -115,23 +117,8 @@ def prune(
 
 
 def _validate_early(cfg) -> None:
-    """Cheap checks before loading a model."""
+    """Cheap checks before loading a model (the config has validated every setting itself)."""
     _require_data(cfg.calibration)  # before the heavy imports: offline failures in a second or two
-    from ..masks import check_sparsity, parse_pattern
-    from ..methods import check_options, get_method
-    meth = get_method(cfg.method)
-    check_options(meth, cfg.method_options)
-    if not parse_pattern(cfg.pattern).structured:
-        check_sparsity(cfg.sparsity)
-    if cfg.refine:
-        from ..methods import get_refiner
-        get_refiner(cfg.refine)
-        if not meth.needs:
-            raise UserError(f"refinement {cfg.refine!r} needs input statistics but method {cfg.method!r} uses "
-                            f"none: refine a calibrated method (e.g. --method wanda)")
-    if cfg.allocation not in (None, "", "uniform"):
-        from ..allocation import get_allocation
-        get_allocation(cfg.allocation)
 
 
 def _require_data(cal) -> None:

@@ -19,12 +19,12 @@ from typing import Any
 from .. import evaluate as ev
 from .. import io as _io
 from ..analysis import Options, get_analysis
-from ..config import CalibrationConfig, RunConfig, validate_config
+from ..config import CalibrationConfig, RunConfig, check_config, validate_config
 from ..errors import UserError
 from ..labels import NONE, calibration_label, fmt_sparsity, short_model
 from ..languages import get_language
 from ..masks import parse_pattern
-from ..methods import check_options, get_method
+from ..methods import get_method
 
 HASH_VERSION = 1
 AXES = ("models", "methods", "sparsities", "calibrations", "seeds")
@@ -176,8 +176,8 @@ def expand(spec: GridSpec, where: str = "grid", data_dir: str | None = None,
     axis_vals = {a: _axis_values(a, getattr(spec.axes, a)) for a in AXES}
     for a, vals in axis_vals.items():  # each entry alone, so errors point at it
         for i, (_, over) in enumerate(vals):
-            validate_config(deep_merge(spec.defaults, over), f"{where}: axes.{a}[{i}]")
-    validate_config(spec.defaults, f"{where}: defaults")
+            validate_config(deep_merge(spec.defaults, over), f"{where}: axes.{a}[{i}]", True, check_registries)
+    validate_config(spec.defaults, f"{where}: defaults", True, check_registries)
     _check_excludes(spec.exclude, axis_vals, where)
     names = [_io.check_name(_eval_name(e), f"{where}: evaluations[{i}].name")
              for i, e in enumerate(spec.evaluations)]
@@ -205,15 +205,17 @@ def expand(spec: GridSpec, where: str = "grid", data_dir: str | None = None,
         merged = spec.defaults
         for _, over in combo:
             merged = deep_merge(merged, over)
-        cfg = validate_config(merged, f"{where}: cell {'/'.join(labels.values())}")
-        meth = get_method(cfg.method)
-        check_options(meth, cfg.method_options)
-        _check_sparsity(cfg, labels)
-        if not meth.needs and not cfg.keep_stats:  # data-free: the calibration axis does not apply
+        cell = f"{where}: cell {'/'.join(labels.values())}"
+        cfg = validate_config(merged, cell, True, check_registries)
+        if not get_method(cfg.method).needs and not cfg.keep_stats:  # data-free: the calibration axis does not apply
             cfg = cfg.model_copy(update={"calibration": CalibrationConfig()})
             labels["calibration"] = NONE
-        else:
-            _check_calibration(cfg, meth, labels, where, check_registries)
+        elif cfg.calibration.file and not Path(cfg.calibration.file).is_file():
+            raise UserError(f"{cell}: calibration file {cfg.calibration.file} does not exist")
+        try:
+            check_config(cfg)  # the rules a RunConfig applies, on the cell as it will run
+        except UserError as e:
+            raise UserError(f"{cell}: {e}") from None
         if ddir and cfg.calibration.data_dir is None and (cfg.calibration.recipe or cfg.calibration.contrast
                                                            or cfg.calibration.contrast_lang):
             cfg.calibration.data_dir = str(ddir)
@@ -233,47 +235,6 @@ def expand(spec: GridSpec, where: str = "grid", data_dir: str | None = None,
     if not out:
         raise UserError(f"{where}: the grid has no cells (every combination is excluded)")
     return out
-
-
-def _check_sparsity(cfg, labels) -> None:
-    from ..masks import check_sparsity, parse_pattern
-    try:
-        if not parse_pattern(cfg.pattern).structured:
-            check_sparsity(cfg.sparsity)
-    except UserError as e:
-        raise UserError(f"cell {'/'.join(labels.values())}: {e}") from None
-
-
-def _check_calibration(cfg, meth, labels, where, check_registries) -> None:
-    cc = cfg.calibration
-    cell = f"{where}: cell {'/'.join(labels.values())}"
-    if not (cc.recipe or cc.file):
-        raise UserError(f"{cell}: method {cfg.method!r} needs calibration data: give a calibrations axis "
-                        f"entry with a recipe (e.g. {{recipe: text, langs: [eng_Latn]}}) or a file")
-    has_contrast = bool(cc.contrast or cc.contrast_lang)
-    if "contrast" in meth.sets and not has_contrast:
-        raise UserError(f"{cell}: method {cfg.method!r} needs a contrast set: add calibration "
-                        f"{{contrast: code}} or {{contrast_lang: CODE}} to its entry")
-    if has_contrast and "contrast" not in meth.sets:
-        raise UserError(f"{cell}: a contrast set is given but method {cfg.method!r} does not use one")
-    if cc.file and not Path(cc.file).is_file():
-        raise UserError(f"{cell}: calibration file {cc.file} does not exist")
-    if not check_registries:
-        return
-    from ..calibration import RECIPES
-    for r in (cc.recipe, cc.contrast):
-        if r:
-            try:
-                RECIPES.resolve(r)
-            except UserError as e:
-                raise UserError(f"{cell}: {e}") from None
-    from ..languages import get_language
-    for code in [*cc.langs, cc.target_lang, cc.contrast_lang]:
-        if code:
-            try:
-                get_language(code)
-            except UserError as e:
-                raise UserError(f"{cell}: {e}") from None
 
 
 def _check_tasks(evals: list[EvalSpec], where: str) -> None:

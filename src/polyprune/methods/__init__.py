@@ -5,12 +5,15 @@ set names to :class:`polyprune.stats.ModuleStats`; no hooks or models here.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+from pydantic import BaseModel
 
-from ..errors import UserError
+from .. import options as _options
 from ..masks import Pattern
 from ..registry import Registry
 
@@ -25,7 +28,7 @@ class Spec:
     name: str = ""
     seed: int = 0
 
-    def opt(self, key: str, default: Any) -> Any:
+    def opt(self, key: str, default: Any = None) -> Any:
         return self.options.get(key, default)
 
 
@@ -43,12 +46,21 @@ class Method:
     needs: frozenset = frozenset()  # statistics kinds, see polyprune.stats.KINDS
     sets: tuple[str, ...] = ()  # calibration sets required (e.g. target, contrast)
     updates_weights: bool = False
-    options: dict[str, Any] = field(default_factory=dict)  # option -> default (documented)
+    options_model: type[BaseModel] = _options.NoOptions  # typed options with their defaults
     doc: str = ""
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """``{option: default}``, from the options model."""
+        return _options.defaults(self.options_model)
 
     @property
     def needs_calibration(self) -> bool:
         return bool(self.needs)
+
+    def fill_options(self, options: dict[str, Any] | None) -> dict[str, Any]:
+        """``options`` validated, every default filled (one line naming a bad option)."""
+        return _options.fill("method", self.name, self.options_model, options)
 
 
 def _load_builtin() -> None:
@@ -61,24 +73,29 @@ def _load_builtin() -> None:
 METHODS: Registry[Method] = Registry("method", _load_builtin)
 
 
+def _with_options(fn: Callable, kind: str, name: str, model: type[BaseModel]) -> Callable:
+    """``fn`` called with ``spec.options`` validated and complete, so method code reads
+    ``spec.options[key]`` and never restates a default."""
+    @functools.wraps(fn)
+    def call(W, stats, spec: Spec, *args):
+        return fn(W, stats, dataclasses.replace(spec, options=_options.fill(kind, name, model, spec.options)), *args)
+    return call
+
+
 def register(name: str, needs=(), sets=("target",), updates_weights=False, options=None):
-    """Decorator: register a pruning method under ``name``."""
+    """Decorator: register a pruning method under ``name``; ``options``: its options model
+    (a :class:`polyprune.options.Strict` subclass whose fields carry the defaults)."""
     def deco(fn):
-        METHODS.register(name, Method(name, fn, frozenset(needs), tuple(sets) if needs else (),
-                                      updates_weights, dict(options or {}), (fn.__doc__ or "").strip()))
-        return fn
+        model = _options.options_model(name, options)
+        call = _with_options(fn, "method", name, model)
+        METHODS.register(name, Method(name, call, frozenset(needs), tuple(sets) if needs else (),
+                                      updates_weights, model, (fn.__doc__ or "").strip()))
+        return call
     return deco
 
 
 def get_method(name: str) -> Method:
     return METHODS.resolve(name)
-
-
-def check_options(method: Method, options: dict[str, Any]) -> None:
-    unknown = sorted(set(options) - set(method.options))
-    if unknown:
-        valid = ", ".join(sorted(method.options)) or "none"
-        raise UserError(f"method {method.name!r} has no option {unknown[0]!r}: valid options are {valid}")
 
 
 @dataclass
@@ -88,8 +105,15 @@ class Refiner:
     name: str
     fn: Callable[..., MethodResult]
     needs: frozenset = frozenset()
-    options: dict[str, Any] = field(default_factory=dict)
+    options_model: type[BaseModel] = _options.NoOptions
     doc: str = ""
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return _options.defaults(self.options_model)
+
+    def fill_options(self, options: dict[str, Any] | None) -> dict[str, Any]:
+        return _options.fill("refinement", self.name, self.options_model, options)
 
 
 REFINERS: Registry[Refiner] = Registry("refinement", _load_builtin)
@@ -98,8 +122,10 @@ REFINERS: Registry[Refiner] = Registry("refinement", _load_builtin)
 def register_refiner(name: str, needs=(), options=None):
     """Decorator: register a mask refinement (e.g. DSnoT) under ``name``."""
     def deco(fn):
-        REFINERS.register(name, Refiner(name, fn, frozenset(needs), dict(options or {}), (fn.__doc__ or "").strip()))
-        return fn
+        model = _options.options_model(name, options)
+        call = _with_options(fn, "refinement", name, model)
+        REFINERS.register(name, Refiner(name, call, frozenset(needs), model, (fn.__doc__ or "").strip()))
+        return call
     return deco
 
 
@@ -107,5 +133,5 @@ def get_refiner(name: str) -> Refiner:
     return REFINERS.resolve(name)
 
 
-__all__ = ["METHODS", "Method", "MethodResult", "REFINERS", "Refiner", "Spec", "check_options", "get_method",
+__all__ = ["METHODS", "Method", "MethodResult", "REFINERS", "Refiner", "Spec", "get_method",
            "get_refiner", "register", "register_refiner"]

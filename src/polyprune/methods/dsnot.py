@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import UserError
+from ..options import Bool, Int, Number, Strict
 from . import MethodResult, Spec, register_refiner
 
 
@@ -114,19 +115,26 @@ def dsnot_refine(W: torch.Tensor, mu: torch.Tensor, var: torch.Tensor, feature_n
     return kept, int(swaps.item())
 
 
-@register_refiner("dsnot", needs=("moments", "sqnorm"),
-                  options={"threshold": 0.1, "max_cycles": 50, "var_power": 1.0, "same_sign": True,
-                           "error_scale": "sample", "skip": ""})
+class DSnoTOptions(Strict):
+    threshold: Number = 0.1
+    max_cycles: Int = 50
+    var_power: Number = 1.0
+    same_sign: Bool = True
+    error_scale: str = "sample"  # "sample" (the reference) or "token"
+    skip: str | None = ""  # comma-separated module names left as the method chose, e.g. "down_proj"
+
+
+@register_refiner("dsnot", needs=("moments", "sqnorm"), options=DSnoTOptions)
 def dsnot(W: torch.Tensor, stats, spec: Spec, kept: torch.Tensor) -> MethodResult:
     """DSnoT: swap pruned/kept weights per row to drive the expected error Σ_pruned W·μ towards 0."""
-    skip = [s for s in str(spec.opt("skip", "") or "").split(",") if s]
+    skip = [s for s in str(spec.options["skip"] or "").split(",") if s]
     if skip and any(f".{s}." in f".{spec.name}" for s in skip):
         return MethodResult(kept)
     st = stats.target
     if st.mean is None or st.scaler_row is None:
         raise UserError("dsnot needs running mean/variance and norms of the inputs (statistics kinds "
                         "'moments' and 'sqnorm'): run it through pp.prune(..., refine='dsnot')")
-    scale = spec.opt("error_scale", "sample")
+    scale = spec.options["error_scale"]
     if scale not in ("sample", "token"):
         raise UserError(f"dsnot error_scale {scale!r}: use 'sample' (the reference) or 'token'")
     mu = st.mean.float()
@@ -139,7 +147,6 @@ def dsnot(W: torch.Tensor, stats, spec: Spec, kept: torch.Tensor) -> MethodResul
         if not bool((g == pat.n).all()):
             raise UserError(f"dsnot on {spec.name}: the initial mask is not {pat} in column order (a channel "
                             f"permutation?): use ria with -o permute=false")
-    new, swaps = dsnot_refine(W, mu, st.variance, st.feature_norm(), kept, m, float(spec.opt("threshold", 0.1)),
-                              int(spec.opt("max_cycles", 50)), float(spec.opt("var_power", 1.0)),
-                              bool(spec.opt("same_sign", True)))
+    new, swaps = dsnot_refine(W, mu, st.variance, st.feature_norm(), kept, m, spec.options["threshold"],
+                              spec.options["max_cycles"], spec.options["var_power"], spec.options["same_sign"])
     return MethodResult(new, info={"dsnot_swaps": swaps})

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import UserError
+from ..options import Bool, Int, Number, Strict
 from ..quant import QuantSpec, find_params, quant_spec, quantize
 from . import MethodResult, Spec, register
 from .sparsegpt import inverse_hessian_factor, obs_sweep
@@ -77,7 +78,8 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, blocksize: 
 
 
 def _spec_from(spec: Spec) -> QuantSpec:
-    return quant_spec(int(spec.opt("bits", 4)), spec.opt("group_size", 128), bool(spec.opt("sym", True)))
+    o = spec.options
+    return quant_spec(o["bits"], o["group_size"], o["sym"])
 
 
 def _info(out: dict, q: QuantSpec, act_order: bool) -> dict:
@@ -85,31 +87,44 @@ def _info(out: dict, q: QuantSpec, act_order: bool) -> dict:
             "group_size": q.group_size or -1, "sym": q.sym, "act_order": act_order}
 
 
-QUANT_OPTIONS = {"bits": 4, "group_size": 128, "sym": True, "blocksize": 128, "percdamp": 0.01}
+class QuantOptions(Strict):
+    bits: Int = 4
+    group_size: Int | None = 128  # -1 or None: one group per row
+    sym: Bool = True
+    blocksize: Int = 128
+    percdamp: Number = 0.01
 
 
-@register("gptq", needs=("hessian",), updates_weights=True, options={**QUANT_OPTIONS, "act_order": False})
+class GPTQOptions(QuantOptions):
+    act_order: Bool = False
+
+
+class SparseGPTQOptions(QuantOptions):
+    reference_threshold: Bool = True
+
+
+@register("gptq", needs=("hessian",), updates_weights=True, options=GPTQOptions)
 def gptq(W: torch.Tensor, stats, spec: Spec) -> MethodResult:
     """GPTQ weight quantisation (no pruning): every weight kept, new values on a ``bits``-bit grid
     with one scale (and zero point if ``sym`` is False) per row and ``group_size`` columns
     (-1: per row); ``act_order`` visits columns by decreasing Hessian diagonal. ``sparsity`` is
     ignored. ``info`` carries scale/zero for the compressed-tensors exporter."""
     q = _spec_from(spec)
-    act = bool(spec.opt("act_order", False))
-    out = gptq_quantize(W, stats.target.H, q, int(spec.opt("blocksize", 128)), float(spec.opt("percdamp", 0.01)),
+    act = spec.options["act_order"]
+    out = gptq_quantize(W, stats.target.H, q, spec.options["blocksize"], spec.options["percdamp"],
                         act_order=act, name=spec.name)
     return MethodResult(torch.ones_like(W, dtype=torch.bool), out["weight"], _info(out, q, act))
 
 
 @register("sparsegpt-gptq", needs=("hessian",), updates_weights=True,
-          options={**QUANT_OPTIONS, "reference_threshold": True})
+          options=SparseGPTQOptions)
 def sparsegpt_gptq(W: torch.Tensor, stats, spec: Spec) -> MethodResult:
     """SparseGPT's joint pruning and quantisation: per block the SparseGPT mask (w²/d², or N:M),
     then each column is zeroed where pruned, rounded to the grid, and its error propagated."""
     q = _spec_from(spec)
     pat = spec.pattern
-    out = gptq_quantize(W, stats.target.H, q, int(spec.opt("blocksize", 128)), float(spec.opt("percdamp", 0.01)),
+    out = gptq_quantize(W, stats.target.H, q, spec.options["blocksize"], spec.options["percdamp"],
                         sparsity=0.0 if pat.structured else spec.sparsity, prunen=pat.n, prunem=pat.m,
-                        reference_threshold=bool(spec.opt("reference_threshold", True)), name=spec.name)
+                        reference_threshold=spec.options["reference_threshold"], name=spec.name)
     kept = ~out["pruned"]
     return MethodResult(kept, out["weight"] * kept, _info(out, q, False))

@@ -21,6 +21,7 @@ from typing import Callable
 import torch
 
 from ..errors import UserError
+from ..options import Bool, Number, Strict
 from ..registry import Registry
 from . import MethodResult, Spec, register
 from .wanda import prune_scores, wanda_scores
@@ -60,11 +61,17 @@ def lang_wanda_scores(W: torch.Tensor, ms, beta: float = 1.0, score: str = "mean
     return wanda_scores(W, LANG_SCORES.resolve(score)(language_summary(ms), beta))
 
 
-@register("lang-wanda", needs=("per_lang",), options={"beta": 1.0, "score": "mean_std", "use_variant": False})
+class LangWandaOptions(Strict):
+    beta: Number = 1.0
+    score: str = "mean_std"  # a registered language score (LANG_SCORES)
+    use_variant: Bool = False
+
+
+@register("lang-wanda", needs=("per_lang",), options=LangWandaOptions)
 def lang_wanda(W: torch.Tensor, stats, spec: Spec) -> MethodResult:
     """Language-aware Wanda: |W|·(mean_ℓ n_ℓ + β·std_ℓ n_ℓ) over calibration languages ℓ (n_ℓ token-normalised
     feature norms), compared per row as Wanda."""
-    beta = float(spec.opt("beta", 1.0))
+    beta = spec.options["beta"]
     if beta < 0:
         raise UserError(f"lang-wanda beta={beta} is negative: give β ≥ 0")
-    return MethodResult(prune_scores(lang_wanda_scores(W, stats.target, beta, spec.opt("score", "mean_std")), spec))
+    return MethodResult(prune_scores(lang_wanda_scores(W, stats.target, beta, spec.options["score"]), spec))

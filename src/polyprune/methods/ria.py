@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..masks import build_pruned, nm_pruned
+from ..options import Bool, Int, Number, Strict
 from . import MethodResult, Spec, register
 
 
@@ -93,24 +94,32 @@ def channel_permutation(scores: torch.Tensor, n: int, m: int, lsa: bool = True, 
     return index
 
 
-@register("ria", needs=("sqnorm",), options={"a": 0.5, "scope": "matrix", "reference_threshold": True,
-                                             "permute": True, "lsa": True, "lsa_blocks": 1})
+class RIAOptions(Strict):
+    a: Number = 0.5
+    scope: str = "matrix"
+    reference_threshold: Bool = True
+    permute: Bool = True
+    lsa: Bool = True
+    lsa_blocks: Int = 1
+
+
+@register("ria", needs=("sqnorm",), options=RIAOptions)
 def ria(W: torch.Tensor, stats, spec: Spec) -> MethodResult:
     """RIA: (|W|/Σ_col + |W|/Σ_row)·‖X‖^a (a = 0.5); matrix-wide comparison (``scope='row'``: per row);
     N:M with channel permutation (``permute``, ``lsa``, ``lsa_blocks``) stored in info['permutation']
     when it keeps more score than the identity order."""
-    scores = ria_scores(W, stats.target.feature_norm(), spec.opt("a", 0.5))
+    scores = ria_scores(W, stats.target.feature_norm(), spec.options["a"])
     pat = spec.pattern
     if not pat.structured:
-        pruned = build_pruned(scores, spec.sparsity, pat, spec.opt("scope", "matrix"),
-                              spec.opt("reference_threshold", True))
+        pruned = build_pruned(scores, spec.sparsity, pat, spec.options["scope"],
+                              spec.options["reference_threshold"])
         return MethodResult(~pruned)
     if pat.n == 0:
         return MethodResult(torch.ones_like(W, dtype=torch.bool))
     plain = nm_pruned(scores, pat.n, pat.m)
-    if not spec.opt("permute", True) or W.shape[1] < 2 * pat.m:
+    if not spec.options["permute"] or W.shape[1] < 2 * pat.m:
         return MethodResult(~plain)
-    perm = channel_permutation(scores, pat.n, pat.m, spec.opt("lsa", True), int(spec.opt("lsa_blocks", 1)))
+    perm = channel_permutation(scores, pat.n, pat.m, spec.options["lsa"], spec.options["lsa_blocks"])
     before = kept_nm_score(scores, pat.n, pat.m)
     after = kept_nm_score(scores[:, perm], pat.n, pat.m)
     info = {"kept_score_identity": before, "kept_score_permuted": after}

@@ -6,6 +6,7 @@ from typing import Callable
 import torch
 
 from ..errors import UserError
+from ..options import Bool, Int, Number, Strict
 from . import MethodResult, Spec, register
 
 
@@ -103,12 +104,17 @@ def sparsegpt_prune(W: torch.Tensor, H: torch.Tensor, sparsity: float, prunen: i
     return obs_sweep(W, Hinv, 0.0 if prunem else sparsity, prunen, prunem, blocksize, reference_threshold)
 
 
-@register("sparsegpt", needs=("hessian",), updates_weights=True,
-          options={"blocksize": 128, "percdamp": 0.01, "reference_threshold": True})
+class SparseGPTOptions(Strict):
+    blocksize: Int = 128
+    percdamp: Number = 0.01
+    reference_threshold: Bool = True
+
+
+@register("sparsegpt", needs=("hessian",), updates_weights=True, options=SparseGPTOptions)
 def sparsegpt(W: torch.Tensor, stats, spec: Spec) -> MethodResult:
     """OBS pruning + reconstruction of the remaining weights from H = (2/n) Σ XXᵀ."""
     pat = spec.pattern
     pruned, Wn = sparsegpt_prune(W, stats.target.H, spec.sparsity, pat.n, pat.m,
-                                 int(spec.opt("blocksize", 128)), float(spec.opt("percdamp", 0.01)),
-                                 bool(spec.opt("reference_threshold", True)), spec.name)
+                                 spec.options["blocksize"], spec.options["percdamp"],
+                                 spec.options["reference_threshold"], spec.name)
     return MethodResult(~pruned, Wn * (~pruned))

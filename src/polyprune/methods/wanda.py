@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..masks import build_pruned
+from ..options import Bool, Number, Strict
 from . import MethodResult, Spec, register
 
 
@@ -42,22 +43,30 @@ def variant_pruned(metric: torch.Tensor, sparsity: float) -> torch.Tensor:
 
 def prune_scores(scores: torch.Tensor, spec: Spec) -> torch.Tensor:
     """Kept mask from Wanda-style scores: per-row lowest int(in·s), N:M groups, or the α variant."""
-    if spec.opt("use_variant", False) and not spec.pattern.structured:
+    if spec.options["use_variant"] and not spec.pattern.structured:
         return ~variant_pruned(scores, spec.sparsity)
     return ~build_pruned(scores, spec.sparsity, spec.pattern, "row")
 
 
-@register("wanda", needs=("sqnorm",), options={"use_variant": False})
+class WandaOptions(Strict):
+    use_variant: Bool = False
+
+
+class ContrastiveOptions(WandaOptions):
+    eps: Number = 1e-8
+
+
+@register("wanda", needs=("sqnorm",), options=WandaOptions)
 def wanda(W: torch.Tensor, stats, spec: Spec) -> MethodResult:
     """Score |W|·‖X‖ compared within each output row (lowest int(in·s) pruned, stable sort)."""
     return MethodResult(prune_scores(wanda_scores(W, stats.target.feature_norm()), spec))
 
 
 @register("wanda-contrastive", needs=("sqnorm",), sets=("target", "contrast"),
-          options={"use_variant": False, "eps": 1e-8})
+          options=ContrastiveOptions)
 def wanda_contrastive(W: torch.Tensor, stats, spec: Spec) -> MethodResult:
     """Kim et al. Eq. 4: |W|·‖X‖·‖X‖/(‖Z‖ + ε), X = the ``target`` set, Z = the ``contrast`` set."""
     x = stats["target"].feature_norm()
     z = stats["contrast"].feature_norm()
-    norm = x * x / (z + spec.opt("eps", 1e-8))
+    norm = x * x / (z + spec.options["eps"])
     return MethodResult(prune_scores(wanda_scores(W, norm), spec))
