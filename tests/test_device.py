@@ -236,3 +236,52 @@ def test_onloading_walk_on_fake_cuda(fake_cuda):
     assert len(masks) == 14 and all(m.device.type == "cpu" for m in masks.values())
     layers = find_layers(model)[1]
     assert all(p.device.type == "cpu" for p in layers.parameters())  # every layer went back
+
+
+@pytest.fixture
+def llama_dir(tiny_dir):
+    return tiny_dir("llama")  # saved before fake_cuda starts (a fake model cannot be saved)
+
+
+@pytest.mark.parametrize("activation_device,where", [("cpu", "cpu"), (None, "cuda")])
+def test_streaming_from_disk_onto_fake_cuda(llama_dir, tmp_path, monkeypatch, activation_device, where):
+    """``--offload --device cuda``: the skeleton on meta, each layer read to the host, computed on the GPU
+    and back on the host when released. Fake tensors have no bytes, so the release records what it is
+    given instead of writing it. Tensors read from disk are real CPU tensors, hence
+    ``allow_non_fake_inputs`` (they become fake CPU tensors: a cross-device op still raises)."""
+    import importlib
+    import logging
+
+    import polyprune.onload as onload
+    from polyprune.stream import LayerStreamer, stream_prune
+    monkeypatch.setattr(onload, "free_bytes", lambda device: 80 << 30)
+    seen, masks_seen, walked = [], {}, []
+    prune_mod = importlib.import_module("polyprune.prune")  # the module (pp.prune is the function)
+    real_walk = prune_mod.walk
+
+    def walk(*a, **k):  # where the engine keeps the hidden states
+        walked.append(torch.device(k["activation_device"]).type)
+        return real_walk(*a, **k)
+
+    def release(self, i, layer, masks):
+        seen.append({p.device for p in layer.parameters()})
+        self._to_host(layer)
+        seen.append({p.device for p in layer.parameters()})
+        for name in [n for n in masks if n.startswith(f"{self.path}.{i}.")]:
+            masks_seen[name] = masks.pop(name)
+        for mod in layer.modules():  # freed as the real release does
+            for k, p in mod._parameters.items():
+                if p is not None:
+                    mod._parameters[k] = torch.nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device="meta"),
+                                                            requires_grad=False)
+
+    monkeypatch.setattr(LayerStreamer, "release", release)
+    monkeypatch.setattr(prune_mod, "walk", walk)
+    ids = torch.randint(5, 384, (4, 12))
+    monkeypatch.setattr(logging.getLogger("torch._subclasses.fake_tensor"), "level", logging.CRITICAL)
+    with FakeTensorMode(allow_non_fake_inputs=True), HostSyncs(), NoCudaGuard():
+        stream_prune(llama_dir, ids, tmp_path / "s", "sparsegpt", 0.5, "2:4", device=CUDA,
+                     activation_device=activation_device, check_space=False)
+    assert seen == [{CUDA}, {torch.device("cpu")}] * 2  # 2 layers: computed on the GPU, written from the host
+    assert len(masks_seen) == 14 and all(m.device.type == "cpu" and m.dtype == torch.bool for m in masks_seen.values())
+    assert walked == [where]

@@ -131,6 +131,44 @@ class Onloader:
         move_module(layer, self.host)
 
 
+def _checked_plan(model: nn.Module, device: torch.device, tokens: int, kinds: frozenset,
+                  act_bytes: int | None) -> Plan:
+    """The plan on ``device``; a device too small for one decoder layer is bad input."""
+    pl = plan(model, tokens, kinds, free_bytes(device), act_bytes)
+    if pl.one_layer > pl.free:
+        raise UserError(f"{device} has {pl.free / GiB:.1f} GiB free but pruning needs at least "
+                        f"{pl.one_layer / GiB:.1f} GiB for one decoder layer ({pl.layer / GiB:.2f} GiB weights, "
+                        f"{pl.stats / GiB:.2f} GiB statistics, {pl.workspace / GiB:.2f} GiB workspace): "
+                        f"free the GPU, use a larger one, or --device cpu")
+    return pl
+
+
+def _activation_device(pl: Plan, device: torch.device, requested, room: int) -> torch.device:
+    """``requested`` (``--activation-device``), or on ``auto`` the GPU when the hidden states fit in
+    ``room`` bytes, else the (pinned) host."""
+    if requested in (None, "", "auto"):
+        return device if pl.hidden * MARGIN <= room else torch.device("cpu")
+    return check_device(requested)
+
+
+def place_streamed(model: nn.Module, device: torch.device, calibration, method: str, options: dict,
+                   activation_device=None, act_bytes: int | None = None) -> torch.device:
+    """Where the hidden states of a run streamed from disk wait (its layers visit ``device`` one at a
+    time, read from the checkpoint to the host first); ``model`` is the meta-device skeleton."""
+    from .calibration import as_calibration
+    from .methods import get_method, get_refiner
+    kinds = set(get_method(method).needs)
+    if options.get("refine"):
+        kinds |= set(get_refiner(options["refine"]).needs)
+    tokens = 0 if calibration is None or not kinds else sum(s.n_tokens for s in as_calibration(calibration).samples)
+    pl = _checked_plan(model, device, tokens, frozenset(kinds), act_bytes)
+    act = _activation_device(pl, device, activation_device, pl.free - pl.one_layer)
+    log.info("streamed placement on %s: layer-by-layer from disk, hidden states on %s (%.2f GiB free; one layer "
+             "needs %.2f GiB, hidden states %.2f GiB)", device, act, pl.free / GiB, pl.one_layer / GiB,
+             pl.hidden / GiB)
+    return act
+
+
 def place(model: nn.Module, device: torch.device, tokens: int, kinds: frozenset, onload: str = "auto",
           activation_device: str | None = None, act_bytes: int | None = None):
     """Put a host-loaded model where it will be pruned. Returns ``(layer_io or None, activation device)``.
@@ -145,18 +183,10 @@ def place(model: nn.Module, device: torch.device, tokens: int, kinds: frozenset,
             return Onloader(model, device, "cpu"), torch.device("cpu")
         return None, None
     n_layers = len(find_layers(model)[1])
-    pl = plan(model, tokens, kinds, free_bytes(device), act_bytes)
-    if pl.one_layer > pl.free:
-        raise UserError(f"{device} has {pl.free / GiB:.1f} GiB free but pruning needs at least "
-                        f"{pl.one_layer / GiB:.1f} GiB for one decoder layer ({pl.layer / GiB:.2f} GiB weights, "
-                        f"{pl.stats / GiB:.2f} GiB statistics, {pl.workspace / GiB:.2f} GiB workspace): "
-                        f"free the GPU, use a larger one, or --device cpu")
+    pl = _checked_plan(model, device, tokens, kinds, act_bytes)
     resident = onload == "never" or (onload == "auto" and pl.all_resident(n_layers) <= pl.free)
-    if activation_device in (None, "", "auto"):
-        room = pl.free - (pl.all_resident(n_layers) - int(pl.hidden * MARGIN) if resident else pl.one_layer)
-        act = device if pl.hidden * MARGIN <= room else torch.device("cpu")
-    else:
-        act = check_device(activation_device)
+    room = pl.free - (pl.all_resident(n_layers) - int(pl.hidden * MARGIN) if resident else pl.one_layer)
+    act = _activation_device(pl, device, activation_device, room)
     log.info("placement on %s: %s, hidden states on %s (%.2f GiB free; one layer needs %.2f GiB, "
              "hidden states %.2f GiB)", device, "all layers resident" if resident else "layer-by-layer onloading",
              act, pl.free / GiB, pl.one_layer / GiB, pl.hidden / GiB)

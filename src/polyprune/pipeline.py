@@ -160,16 +160,18 @@ def run_prune_streaming(cfg, out: str | Path, force: bool = False) -> Path:
     from .model import load_tokenizer
     from .run import config_data, mask_metadata_of, write_json
     from .stream import Checkpoint, check_target, local_checkpoint, stream_prune
+    from .onload import check_device, check_dtype
     out = Path(out)
-    if cfg.device not in (None, "auto", "cpu"):
-        raise UserError("streaming (--offload / --max-memory) runs on the CPU: drop --device")
+    device = check_device(cfg.device)  # a GPU: each layer read to the host, then computed there
+    gpu = {"device": device, "activation_device": cfg.activation_device} if device.type != "cpu" else {}
+    dtype = check_dtype(cfg.dtype, device) if gpu else cfg.dtype
     src = local_checkpoint(cfg.model)
     Checkpoint(src)  # bad input before anything is written
     check_target(out, 0)
     with staged_dir(out, force) as tmp:
         tok = load_tokenizer(str(src))
         cal = calibration_from_config(cfg.calibration, tok, cfg.seed, cfg.method)
-        rec = stream_prune(src, cal, tmp, cfg.method, cfg.sparsity, cfg.pattern, dtype=cfg.dtype,
+        rec = stream_prune(src, cal, tmp, cfg.method, cfg.sparsity, cfg.pattern, dtype=dtype, **gpu,
                            tune_allocator=True,  # a polyprune command's own process: see return_freed_memory
                            activation_dtype=cfg.activation_dtype, mask_metadata=mask_metadata_of(cfg),
                            **engine_options(cfg))
