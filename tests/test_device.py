@@ -225,17 +225,24 @@ def test_owl_dense_pass_on_fake_cuda(fake_cuda):
     assert len(ratios) == 2 and all(isinstance(r, float) for r in ratios) and params == [params[0]] * 2
 
 
-def test_onloading_walk_on_fake_cuda(fake_cuda):
-    """Weights on the CPU, each layer moved to the GPU for its turn; hidden states on the (pinned) CPU."""
+def test_onloading_walk_on_fake_cuda(fake_cuda, monkeypatch):
+    """Weights on the CPU, each layer moved to the GPU for its turn; hidden states on the (pinned) CPU;
+    layers come back into their pinned host buffers (fake tensors cannot pin: a copy stands in)."""
     from polyprune.testing import tiny_model
     from polyprune.onload import Onloader
+    pins = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: pins.append(self.shape) or self.clone())
     model = tiny_model("llama")
     ids = torch.randint(5, 384, (4, 12))
     io = Onloader(model, CUDA, activation_device="cpu")
+    layers = find_layers(model)[1]
+    n_tensors = len(list(layers.parameters())) + len(list(layers.buffers()))
+    assert len(pins) == n_tensors  # every layer tensor pinned once, up front
     masks = pp.prune(model, ids, "sparsegpt", 0.5, layer_io=io, activation_device=io.activation_device)
     assert len(masks) == 14 and all(m.device.type == "cpu" for m in masks.values())
-    layers = find_layers(model)[1]
-    assert all(p.device.type == "cpu" for p in layers.parameters())  # every layer went back
+    assert all(p.device.type == "cpu" for p in layers.parameters())  # every layer went back …
+    assert all(p is io.pinned[i][n] for i, layer in enumerate(layers) for n, p in layer.named_parameters())
+    assert len(pins) == n_tensors  # … into the same pinned buffers, none pinned again
 
 
 @pytest.fixture

@@ -59,6 +59,41 @@ def test_onloading_equals_all_resident(tiny, calib_ids, method, pattern, options
     assert got.record["layer_sparsity"] == ref.record["layer_sparsity"]
 
 
+def test_pinned_onloading_writes_layers_back_into_their_host_buffers(tiny, calib_ids, monkeypatch):
+    """A GPU run's pinned host copies, on the CPU: pinning is a recorded copy, and the move to the
+    compute device is a copy too (as the H2D copy is), so the layer computes on other storage and
+    must come back into the very host buffers (same data_ptr) with the pruned values."""
+    import polyprune.onload as onload
+    pins = []
+
+    def pin_memory(self):
+        copy = self.clone()
+        pins.append(copy.data_ptr())
+        return copy
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin_memory)
+    monkeypatch.setattr(onload, "_move", lambda t, device: t.clone())
+    ref_model = tiny("llama")
+    ref = pp.prune(ref_model, calib_ids, "sparsegpt", 0.5)  # weight-updating: every layer's values change
+    model = tiny("llama")
+    io = Onloader(model, "cpu", pin=True)
+    layers = pp.model.find_layers(model)[1]
+    ptrs = {n: t.data_ptr() for n, t in [*layers.named_parameters(), *layers.named_buffers()]}
+    assert sorted(ptrs.values()) == sorted(pins)  # each layer tensor pinned once, up front
+    got = pp.prune(model, calib_ids, "sparsegpt", 0.5, layer_io=io, activation_device=io.activation_device)
+    assert {n: t.data_ptr() for n, t in [*layers.named_parameters(), *layers.named_buffers()]} == ptrs
+    assert len(pins) == len(ptrs)  # nothing pinned again
+    want = dict(pp.model.find_layers(ref_model)[1].named_parameters())
+    assert all(torch.equal(t, want[n]) for n, t in layers.named_parameters())  # the pruned values, written back
+    assert all(torch.equal(got[k], ref[k]) for k in ref) and all(torch.equal(got.weights[k], ref.weights[k])
+                                                                 for k in ref.weights)
+
+
+def test_cpu_onloading_pins_nothing(tiny, calib_ids, monkeypatch):
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: pytest.fail("pinned on a CPU-only run"))
+    io = Onloader(tiny("llama"), "cpu")
+    assert io.pin is False and io.pinned == {}
+
+
 def test_cuda_without_a_gpu_is_one_clear_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(UserError, match="no CUDA device is visible; use --device cpu"):

@@ -7,7 +7,12 @@ visits the device for its statistics pass, pruning and propagation (``load``), t
 the host (``release``). The engine's code path is the one of an all-resident model, so masks are
 the same bit for bit.
 Hidden states stay on the GPU when they fit, else in pinned host memory (``--activation-device``).
-The memory model behind :func:`plan` is documented in docs/benchmarks.md.
+On a GPU the layers' host copies are pinned once (page-locked host memory = the decoder layers' size,
+for the whole run): copies to the GPU are asynchronous and a layer comes back into its own pinned
+buffers instead of a fresh host allocation per layer. A run streamed from disk (``--offload``,
+:mod:`polyprune.stream`) reads each layer to the host and moves it the same way (no pinning: each
+layer's host copy is read once). The memory model behind :func:`plan` is documented in
+docs/benchmarks.md.
 """
 from __future__ import annotations
 
@@ -111,24 +116,78 @@ def free_bytes(device: torch.device) -> int:
     return int(free)
 
 
+def _slots(module: nn.Module):
+    """``(name, store, key, tensor)`` of every parameter and buffer of ``module`` (``store``: the
+    owning module's ``_parameters`` / ``_buffers``), in module order; a tied tensor once per owner."""
+    for mname, mod in module.named_modules():
+        for store in (mod._parameters, mod._buffers):
+            for k, t in store.items():
+                if t is not None:
+                    yield (f"{mname}.{k}" if mname else k), store, k, t
+
+
+def pin_module(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Replace the host tensors of ``module`` by page-locked copies, once (ties kept), so that copies to
+    the GPU run asynchronously; returns them by name: the buffers :func:`write_back` fills later."""
+    memo: dict[int, torch.Tensor] = {}
+    host: dict[str, torch.Tensor] = {}
+    for name, store, k, t in _slots(module):
+        if t.device.type != "cpu":
+            continue
+        if id(t) not in memo:
+            data = t.data if t.is_pinned() else t.data.pin_memory()
+            memo[id(t)] = nn.Parameter(data, requires_grad=False) if isinstance(t, nn.Parameter) else data
+        store[k] = host[name] = memo[id(t)]
+    return host
+
+
+def write_back(module: nn.Module, host: dict[str, torch.Tensor]) -> nn.Module:
+    """Bring ``module`` back to the host into the buffers of :func:`pin_module` (an in-place copy from the
+    device, no new host allocation); tensors without a matching buffer are moved as usual."""
+    memo: dict[int, torch.Tensor] = {}
+    for name, store, k, t in _slots(module):
+        if id(t) not in memo:
+            h = host.get(name)
+            if h is None or h.shape != t.shape or h.dtype != t.dtype:
+                moved = _move(t.data, torch.device("cpu"))
+                memo[id(t)] = nn.Parameter(moved, requires_grad=False) if isinstance(t, nn.Parameter) else moved
+            else:
+                if h is not t:
+                    with torch.no_grad():
+                        h.data.copy_(t.data)  # blocking: the host buffer is whole when this returns
+                memo[id(t)] = h
+        store[k] = memo[id(t)]
+    return module
+
+
 class Onloader:
     """``layer_io`` for :func:`polyprune.prune`: each decoder layer onto ``device`` for its turn, then back
-    to the host; the rest of the model stays on the host."""
+    to the host; the rest of the model stays on the host.
+
+    On a GPU the layers' host copies are pinned once (``pin``; host memory: the layers' size, held
+    for the run) and a layer coming back is copied into its own pinned buffers: no host allocation
+    per layer, and every copy to the GPU is asynchronous. CPU-only runs pin nothing."""
 
     moves_only = True  # load/release only move tensors: passes that prune nothing may use them too
 
-    def __init__(self, model: nn.Module, device: torch.device | str, activation_device=None):
+    def __init__(self, model: nn.Module, device: torch.device | str, activation_device=None,
+                 pin: bool | None = None):
         self.device = torch.device(device)
         self.host = torch.device("cpu")
         self.path, self.layers = find_layers(model)
         move_module(model, self.host)  # a no-op when loaded there
         self.activation_device = torch.device(activation_device) if activation_device else self.device
+        self.pin = self.device.type == "cuda" if pin is None else pin
+        self.pinned = {i: pin_module(layer) for i, layer in enumerate(self.layers)} if self.pin else {}
 
     def load(self, i: int, layer: nn.Module) -> None:
         move_module(layer, self.device)
 
     def release(self, i: int, layer: nn.Module, masks) -> None:
-        move_module(layer, self.host)
+        if i in self.pinned:
+            write_back(layer, self.pinned[i])
+        else:
+            move_module(layer, self.host)
 
 
 def _checked_plan(model: nn.Module, device: torch.device, tokens: int, kinds: frozenset,
