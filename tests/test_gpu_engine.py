@@ -88,6 +88,23 @@ def test_pinned_onloading_writes_layers_back_into_their_host_buffers(tiny, calib
                                                                  for k in ref.weights)
 
 
+def test_onloading_goes_on_unpinned_when_pinning_fails(tiny, calib_ids, monkeypatch):
+    calls = []
+
+    def pin_memory(self):
+        calls.append(1)
+        if len(calls) > 9:  # layer 0 has 9 tensors (7 Linears, 2 norms): layer 1 fails
+            raise RuntimeError("CUDA error: out of memory")
+        return self.clone()
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin_memory)
+    ref = pp.prune(tiny("llama"), calib_ids, "wanda", 0.5)
+    model = tiny("llama")
+    io = Onloader(model, "cpu", pin=True)
+    assert sorted(io.pinned) == [0]
+    got = pp.prune(model, calib_ids, "wanda", 0.5, layer_io=io)
+    assert all(torch.equal(got[k], ref[k]) for k in ref)
+
+
 def test_cpu_onloading_pins_nothing(tiny, calib_ids, monkeypatch):
     monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: pytest.fail("pinned on a CPU-only run"))
     io = Onloader(tiny("llama"), "cpu")

@@ -178,7 +178,14 @@ class Onloader:
         move_module(model, self.host)  # a no-op when loaded there
         self.activation_device = torch.device(activation_device) if activation_device else self.device
         self.pin = self.device.type == "cuda" if pin is None else pin
-        self.pinned = {i: pin_module(layer) for i, layer in enumerate(self.layers)} if self.pin else {}
+        self.pinned: dict[int, dict[str, torch.Tensor]] = {}
+        for i, layer in enumerate(self.layers if self.pin else []):
+            try:
+                self.pinned[i] = pin_module(layer)
+            except RuntimeError as e:  # page-locked memory is limited (ulimit -l, containers): go on unpinned
+                log.warning("cannot pin host memory for decoder layer %d and later (%s): their copies to %s "
+                            "are synchronous", i, (str(e).strip().splitlines() or [""])[0], self.device)
+                break
 
     def load(self, i: int, layer: nn.Module) -> None:
         move_module(layer, self.device)
