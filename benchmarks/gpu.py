@@ -16,7 +16,7 @@ random tokens (``--quick``: 32 × 2048). Printed per run (Wanda and SparseGPT, 5
   tokens: the CPU side has to finish too);
 - llm-compressor's Wanda / SparseGPT time on the same workload, when it is importable.
 
-Targets (issue 19): Wanda ≤ 2.0 dense forwards; SparseGPT ≤ 4 on the 8 B shape; onloading peak ≤
+Targets: Wanda ≤ 2.0 dense forwards; SparseGPT ≤ 4 on the 8 B shape; onloading peak ≤
 one layer + hidden states + 10 %; Wanda ≤ 0.7 × llm-compressor's time. Budget: under 8 minutes on
 one H100/H200-class GPU.
 
