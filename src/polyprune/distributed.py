@@ -119,7 +119,10 @@ def agree(error: BaseException | None) -> None:
     if not failed:
         return
     if error is not None and not isinstance(error, UserError):
-        error.agreed = True  # type: ignore[attr-defined]
+        try:
+            error.agreed = True  # type: ignore[attr-defined]  (an enclosing phase lets it pass)
+        except AttributeError:
+            pass
         raise error
     log.debug("rank %d stops: rank %d failed", rank(), failed[0][0])
     raise AgreedError(failed[0][1]) from None

@@ -156,15 +156,15 @@ def run_prune(cfg: RunConfig, out: str | Path, force: bool = False) -> Path:
 def run_prune_streaming(cfg, out: str | Path, force: bool = False) -> Path:
     """:func:`polyprune.pipeline.run_prune` without materialising the model: a run folder with the
     usual files plus the pruned checkpoint in ``model/``."""
+    import os
     import time
 
     import yaml
     from .model import load_tokenizer
+    from .onload import check_device, check_dtype
     from .run import config_data, mask_metadata_of, write_json
     from .stream import Checkpoint, check_target, local_checkpoint, stream_prune
-    from .onload import check_device, check_dtype
     out = Path(out)
-    import os
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank would stream and write the same run
         raise UserError("streaming (--offload / --max-memory) runs in one process: drop torchrun, or drop "
                         "--offload and --max-memory")
