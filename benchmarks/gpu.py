@@ -9,11 +9,14 @@ random tokens (``--quick``: 32 × 2048). Printed per run (Wanda and SparseGPT, 5
 - peak GPU memory ÷ model size;
 - onloading (weights on the host, one layer on the GPU at a time) vs all-on-GPU: time and peak
   memory, the latter also ÷ (one layer + hidden states);
+- streaming from disk onto the device (``--offload --device cuda``: each layer read from the
+  safetensors checkpoint to the host, then computed on the GPU), on the 1 B model (its checkpoint is
+  written first; time ÷ the 1 B model's dense forward);
 - mask agreement of the GPU runs (bf16 and fp32) with the CPU fp32 run on the 1 B model (8 × 512
   tokens: the CPU side has to finish too);
 - llm-compressor's Wanda / SparseGPT time on the same workload, when it is importable.
 
-Targets (issue 19): Wanda ≤ 2.0 dense forwards; SparseGPT ≤ 4 on the 8 B shape; onloading peak ≤
+Targets: Wanda ≤ 2.0 dense forwards; SparseGPT ≤ 4 on the 8 B shape; onloading peak ≤
 one layer + hidden states + 10 %; Wanda ≤ 0.7 × llm-compressor's time. Budget: under 8 minutes on
 one H100/H200-class GPU.
 
@@ -135,6 +138,36 @@ def prune_run(model, ids, method, pattern, device, onload=False, activation_devi
     return out
 
 
+def streamed_run(shape: str, ids, dtype, device, activation_device=None) -> dict:
+    """Wanda 50 % streamed from a checkpoint of ``shape`` written to a temp folder first."""
+    import tempfile
+    from pathlib import Path
+
+    import torch
+    from polyprune.model import find_layers, model_size_bytes
+    from polyprune.onload import tensor_bytes
+    from polyprune.stream import stream_prune
+    with tempfile.TemporaryDirectory(prefix="polyprune-gpu-bench-") as tmp:
+        model = build(shape, dtype, "cpu")
+        model.save_pretrained(Path(tmp) / "model")
+        size, layer_b = model_size_bytes(model), tensor_bytes(find_layers(model)[1][0])
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        t0 = time.perf_counter()
+        rec = stream_prune(Path(tmp) / "model", ids, Path(tmp) / "out", "wanda", 0.5, dtype=dtype, device=device,
+                           activation_device=activation_device, check_space=False)
+        sync(device)
+        out = {"seconds": time.perf_counter() - t0, "model_bytes": size, "layer_bytes": layer_b,
+               "sparsity": rec["achieved_sparsity"], "phases": {k: round(v, 2) for k, v in rec["timings_s"].items()},
+               "layer_load_s": round(rec["streaming"]["layer_load_s"], 2),
+               "layer_write_s": round(rec["streaming"]["layer_write_s"], 2)}
+        if device.type == "cuda":
+            out["peak_bytes"] = torch.cuda.max_memory_allocated(device)
+    return out
+
+
 def agreement(a: dict, b: dict) -> float:
     return sum(int((a[k] == b[k]).sum()) for k in b) / sum(v.numel() for v in b.values())
 
@@ -224,6 +257,20 @@ def main(argv=None) -> int:
         report["runs"].append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "phases"}), flush=True)
         del host_model
+
+    # streamed from disk onto the device, on the small model (its checkpoint is written first)
+    ids_streamed = tokens(n, L, SHAPES[small]["vocab_size"], seed=2)
+    small_model = build(small, dtype, device)
+    dense_small = dense_forward_s(small_model, ids_streamed, device)
+    del small_model
+    r = streamed_run(small, ids_streamed, dtype, device)
+    row = {"run": f"wanda unstructured ({small})", "placement": f"streamed from disk onto {device}", **r,
+           "x_dense": r["seconds"] / dense_small, "dense_forward_s": dense_small}
+    if "peak_bytes" in r:
+        hidden = n * L * SHAPES[small]["hidden_size"] * torch.tensor([], dtype=dtype).element_size()
+        row["peak_vs_layer_plus_hidden"] = r["peak_bytes"] / (r["layer_bytes"] + hidden)
+    report["runs"].append(row)
+    print(json.dumps({k: v for k, v in row.items() if k != "phases"}), flush=True)
 
     # agreement with the CPU fp32 run on the small model (few tokens: the CPU has to finish too)
     ids_small = tokens(8, 512 if not args.tiny else 32, SHAPES[small]["vocab_size"], seed=1)

@@ -15,8 +15,9 @@ def test_gpu_benchmark_runs_tiny_on_cpu(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     rep = json.loads(out.read_text())
     assert [x["run"] for x in rep["runs"]] == ["wanda unstructured", "wanda 2:4", "sparsegpt unstructured",
-                                               "sparsegpt 2:4", "wanda unstructured"]
-    assert rep["runs"][-1]["placement"].startswith("onloading")
+                                               "sparsegpt 2:4", "wanda unstructured", "wanda unstructured (tiny-small)"]
+    assert rep["runs"][-2]["placement"].startswith("onloading")
+    assert rep["runs"][-1]["placement"] == "streamed from disk onto cpu"
     assert all(x["x_dense"] > 0 and 0.49 < x["sparsity"] < 0.51 for x in rep["runs"])
     assert rep["agreement_vs_cpu_fp32"] == {"wanda float32 on cpu": 1.0, "sparsegpt float32 on cpu": 1.0}
     assert "| wanda 2:4 | all on device |" in r.stdout

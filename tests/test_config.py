@@ -39,7 +39,6 @@ RULES = [  # (config, needle): each refused by RunConfig itself
     ({"method": "wanda", "offload": True, "allocation": "owl", "calibration": FILE},
      "layer-wise sparsity allocation needs the whole model in memory"),
     ({"method": "wanda", "offload": True, "keep_stats": True, "calibration": FILE}, "--keep-stats needs the whole model"),
-    ({"method": "wanda", "offload": True, "device": "cuda", "calibration": FILE}, "runs on the CPU: drop --device"),
     ({"method": "wanda", "method_options": {"nonsense": 1}, "calibration": FILE},
      "method 'wanda' has no option 'nonsense': valid options are use_variant"),
     ({"method": "sparsegpt", "method_options": {"blocksize": "big"}, "calibration": FILE},
@@ -78,6 +77,8 @@ def test_valid_configs_pass_and_keep_what_was_given():
     assert cfg.method_options == {"percdamp": 0.1}
     assert cfg.model_dump(exclude_defaults=True) == {"method": "sparsegpt", "method_options": {"percdamp": 0.1},
                                                      "calibration": FILE}
+    # streaming onto a GPU: each layer read to the host, computed on the device
+    assert validate_config({"method": "wanda", "offload": True, "device": "cuda", "calibration": FILE}).offload
 
 
 def test_partial_configs_check_fields_but_not_cross_field_rules():

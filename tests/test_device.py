@@ -227,14 +227,91 @@ def test_owl_dense_pass_on_fake_cuda(fake_cuda):
     assert len(ratios) == 2 and all(isinstance(r, float) for r in ratios) and params == [params[0]] * 2
 
 
-def test_onloading_walk_on_fake_cuda(fake_cuda):
-    """Weights on the CPU, each layer moved to the GPU for its turn; hidden states on the (pinned) CPU."""
+def test_onloading_walk_on_fake_cuda(fake_cuda, monkeypatch):
+    """Weights on the CPU, each layer moved to the GPU for its turn; hidden states on the (pinned) CPU;
+    layers come back into their pinned host buffers (fake tensors cannot pin: a copy stands in)."""
     from polyprune.testing import tiny_model
     from polyprune.onload import Onloader
+    pins = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: pins.append(self.shape) or self.clone())
     model = tiny_model("llama")
     ids = torch.randint(5, 384, (4, 12))
     io = Onloader(model, CUDA, activation_device="cpu")
+    layers = find_layers(model)[1]
+    n_tensors = len(list(layers.parameters())) + len(list(layers.buffers()))
+    assert len(pins) == n_tensors  # every layer tensor pinned once, up front
     masks = pp.prune(model, ids, "sparsegpt", 0.5, layer_io=io, activation_device=io.activation_device)
     assert len(masks.masks) == 14 and all(m.device.type == "cpu" for m in masks.masks.values())
-    layers = find_layers(model)[1]
-    assert all(p.device.type == "cpu" for p in layers.parameters())  # every layer went back
+    assert all(p.device.type == "cpu" for p in layers.parameters())  # every layer went back …
+    assert all(p is io.pinned[i][n] for i, layer in enumerate(layers) for n, p in layer.named_parameters())
+    assert len(pins) == n_tensors  # … into the same pinned buffers, none pinned again
+
+
+@pytest.fixture
+def llama_dir(tiny_dir):
+    return tiny_dir("llama")  # saved before fake_cuda starts (a fake model cannot be saved)
+
+
+@pytest.mark.parametrize("activation_device,where", [("cpu", "cpu"), (None, "cuda")])
+def test_streaming_from_disk_onto_fake_cuda(llama_dir, tmp_path, monkeypatch, activation_device, where):
+    """``--offload --device cuda``: the skeleton on meta, each layer read to the host, computed on the GPU
+    and back on the host when released. Fake tensors have no bytes, so the release records what it is
+    given instead of writing it. Tensors read from disk are real CPU tensors, hence
+    ``allow_non_fake_inputs`` (they become fake CPU tensors: a cross-device op still raises)."""
+    import importlib
+    import logging
+
+    import polyprune.onload as onload
+    from polyprune.stream import LayerStreamer, stream_prune
+    monkeypatch.setattr(onload, "free_bytes", lambda device: 80 << 30)
+    seen, masks_seen, walked = [], {}, []
+    prune_mod = importlib.import_module("polyprune.engine")
+    real_walk = prune_mod.walk
+
+    def walk(*a, **k):  # where the engine keeps the hidden states
+        walked.append(torch.device(k["activation_device"]).type)
+        return real_walk(*a, **k)
+
+    class Sink:  # what the run writer's streaming sink is handed
+        def add(self, name, mask, weight=None, info=None):
+            masks_seen[name] = mask
+
+        def report(self):
+            return {"overall": 0.5, "pruned": 0, "total": 0, "per_matrix": {}}
+
+        def close(self):
+            pass
+
+        def abort(self):
+            pass
+
+    def release(self, i, layer):
+        seen.append({p.device for p in layer.parameters()})
+        self._to_host(layer)
+        seen.append({p.device for p in layer.parameters()})
+        for mod in layer.modules():  # freed as the real release does
+            for k, p in mod._parameters.items():
+                if p is not None:
+                    mod._parameters[k] = torch.nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device="meta"),
+                                                            requires_grad=False)
+
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    from polyprune.tensorfile import Checkpoint
+    real_load = Checkpoint.load
+
+    def load(self, name):  # safetensors builds tensors from file storage: read for real, outside fake mode
+        with unset_fake_temporarily():
+            return real_load(self, name)
+
+    monkeypatch.setattr(Checkpoint, "load", load)
+    monkeypatch.setattr(LayerStreamer, "release", release)
+    monkeypatch.setattr(prune_mod, "walk", walk)
+    ids = torch.randint(5, 384, (4, 12))
+    monkeypatch.setattr(logging.getLogger("torch._subclasses.fake_tensor"), "level", logging.CRITICAL)
+    with FakeTensorMode(allow_non_fake_inputs=True), HostSyncs(), NoCudaGuard():
+        stream_prune(llama_dir, ids, tmp_path / "s", "sparsegpt", 0.5, "2:4", device=CUDA,
+                     activation_device=activation_device, check_space=False, sink=Sink())
+    assert seen == [{CUDA}, {torch.device("cpu")}] * 2  # 2 layers: computed on the GPU, written from the host
+    assert len(masks_seen) == 14 and all(m.device.type == "cpu" and m.dtype == torch.bool for m in masks_seen.values())
+    assert walked == [where]

@@ -61,6 +61,58 @@ def test_onloading_equals_all_resident(tiny, calib_ids, method, pattern, options
     assert got.record["layer_sparsity"] == ref.record["layer_sparsity"]
 
 
+def test_pinned_onloading_writes_layers_back_into_their_host_buffers(tiny, calib_ids, monkeypatch):
+    """A GPU run's pinned host copies, on the CPU: pinning is a recorded copy, and the move to the
+    compute device is a copy too (as the H2D copy is), so the layer computes on other storage and
+    must come back into the very host buffers (same data_ptr) with the pruned values."""
+    import polyprune.onload as onload
+    pins = []
+
+    def pin_memory(self):
+        copy = self.clone()
+        pins.append(copy.data_ptr())
+        return copy
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin_memory)
+    monkeypatch.setattr(onload, "_move", lambda t, device: t.clone())
+    ref_model = tiny("llama")
+    ref = pp.prune(ref_model, calib_ids, "sparsegpt", 0.5)  # weight-updating: every layer's values change
+    model = tiny("llama")
+    io = Onloader(model, "cpu", pin=True)
+    layers = pp.model.find_layers(model)[1]
+    ptrs = {n: t.data_ptr() for n, t in [*layers.named_parameters(), *layers.named_buffers()]}
+    assert sorted(ptrs.values()) == sorted(pins)  # each layer tensor pinned once, up front
+    got = pp.prune(model, calib_ids, "sparsegpt", 0.5, layer_io=io, activation_device=io.activation_device)
+    assert {n: t.data_ptr() for n, t in [*layers.named_parameters(), *layers.named_buffers()]} == ptrs
+    assert len(pins) == len(ptrs)  # nothing pinned again
+    want = dict(pp.model.find_layers(ref_model)[1].named_parameters())
+    assert all(torch.equal(t, want[n]) for n, t in layers.named_parameters())  # the pruned values, written back
+    assert all(torch.equal(got.masks[k], ref.masks[k]) for k in ref.masks) and all(torch.equal(got.weights[k], ref.weights[k])
+                                                                 for k in ref.weights)
+
+
+def test_onloading_goes_on_unpinned_when_pinning_fails(tiny, calib_ids, monkeypatch):
+    calls = []
+
+    def pin_memory(self):
+        calls.append(1)
+        if len(calls) > 9:  # layer 0 has 9 tensors (7 Linears, 2 norms): layer 1 fails
+            raise RuntimeError("CUDA error: out of memory")
+        return self.clone()
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin_memory)
+    ref = pp.prune(tiny("llama"), calib_ids, "wanda", 0.5)
+    model = tiny("llama")
+    io = Onloader(model, "cpu", pin=True)
+    assert sorted(io.pinned) == [0]
+    got = pp.prune(model, calib_ids, "wanda", 0.5, layer_io=io)
+    assert all(torch.equal(got.masks[k], ref.masks[k]) for k in ref.masks)
+
+
+def test_cpu_onloading_pins_nothing(tiny, calib_ids, monkeypatch):
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: pytest.fail("pinned on a CPU-only run"))
+    io = Onloader(tiny("llama"), "cpu")
+    assert io.pin is False and io.pinned == {}
+
+
 def test_cuda_without_a_gpu_is_one_clear_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(UserError, match="no CUDA device is visible; use --device cpu"):
@@ -139,13 +191,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(script, args, n, tmp_path):
+def _launch(script, args, n, tmp_path, rank_args=None, env_extra=None):
+    """``n`` ranks of ``python script args`` (plus ``rank_args[r]`` on rank r) as torchrun starts them."""
     port = _free_port()
     procs = []
     for r in range(n):
         env = {**os.environ, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(n), "MASTER_ADDR": "127.0.0.1",
-               "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1", "POLYPRUNE_PROGRESS": "0"}
-        procs.append(subprocess.Popen([sys.executable, *script, *args], env=env, stdout=subprocess.PIPE,
+               "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1", "POLYPRUNE_PROGRESS": "0", **(env_extra or {})}
+        extra = (rank_args or {}).get(r, [])
+        procs.append(subprocess.Popen([sys.executable, *script, *args, *extra], env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True, cwd=tmp_path))
     return [(p.wait(timeout=600), *p.communicate()) for p in procs]
 
@@ -226,4 +280,83 @@ def test_distributed_init_failure_is_one_clear_error(tiny_dir, tmp_path):
     assert r.returncode == 2, r.stderr[-2000:]
     assert "torch.distributed (gloo) initialisation failed" in r.stderr and "torchrun" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# a failure on one rank stops every rank (distributed.all_or_none at the phase boundaries)
+
+FAILING_WRITE = textwrap.dedent("""
+    import errno, os, sys
+    from polyprune import pipeline
+    if os.environ["RANK"] == "0":  # rank 0's disk fills up while it writes the run folder
+        def finish(self, *a, **k):
+            (self.folder / "masks.safetensors").write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.folder / "masks.safetensors"))
+        pipeline.RunWriter.finish = finish
+    from polyprune.cli import main
+    main(sys.argv[1:])
+""")
+
+
+def _prune_args(tmp_path, tiny_dir):
+    _write(tmp_path / "c.txt", "Le renard brun rapide saute par-dessus le chien paresseux. " * 20)
+    return ["--model", str(tiny_dir("llama")), "--calibration-file", str(tmp_path / "c.txt"), "--nsamples", "4",
+            "--seqlen", "8", "--out", str(tmp_path / "r")]
+
+
+def test_bad_calibration_on_one_rank_stops_every_rank_with_its_line(tmp_path, tiny_dir):
+    """Rank 1 cannot read its calibration file (e.g. not on its node): rank 0 does not go on to wait
+    for it in the first collective, both exit 2 with rank 1's line and nothing is written."""
+    missing = tmp_path / "not-here.txt"
+    results = _launch(["-m", "polyprune", "prune"], _prune_args(tmp_path, tiny_dir), 2, tmp_path,
+                      rank_args={1: ["--calibration-file", str(missing)]}, env_extra={"POLYPRUNE_DIST_TIMEOUT_S": "120"})
+    lines = []
+    for rc, _, err in results:
+        assert rc == 2, err[-2000:]
+        assert len(err.strip().splitlines()) == 1, err[-2000:]
+        lines.append(err.strip())
+    assert lines[0] == lines[1] and "not-here.txt" in lines[0]
+    assert not (tmp_path / "r").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".r.")]
+
+
+def test_write_failure_on_rank_0_fails_every_rank(tmp_path, tiny_dir):
+    """Rank 0 fails while writing: the other ranks must not report success for a run that is not there."""
+    (tmp_path / "w.py").write_text(FAILING_WRITE)
+    results = _launch(["w.py", "prune"], _prune_args(tmp_path, tiny_dir), 2, tmp_path,
+                      env_extra={"POLYPRUNE_DIST_TIMEOUT_S": "120"})
+    (rc0, _, err0), (rc1, _, err1) = results
+    assert rc0 == 2 and "No space left on device" in err0, err0[-2000:]
+    assert rc1 == 2, err1[-2000:]
+    assert err1.strip().splitlines() == ["error: rank 0 failed: " + err0.strip().removeprefix("error: ")]
+    assert not (tmp_path / "r").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".r.")]
+
+
+def test_distributed_timeout_comes_from_the_environment(monkeypatch):
+    from polyprune import distributed
+    monkeypatch.delenv("POLYPRUNE_DIST_TIMEOUT_S", raising=False)
+    assert distributed.timeout_s() == 600.0
+    monkeypatch.setenv("POLYPRUNE_DIST_TIMEOUT_S", "90")
+    assert distributed.timeout_s() == 90.0
+    for bad in ("soon", "0", "-5", "inf"):
+        monkeypatch.setenv("POLYPRUNE_DIST_TIMEOUT_S", bad)
+        with pytest.raises(UserError, match=r"POLYPRUNE_DIST_TIMEOUT_S=.* is not a positive number of seconds"):
+            distributed.timeout_s()
+
+
+def test_single_process_phases_only_pass_errors_through():
+    from polyprune import distributed
+    with distributed.all_or_none():
+        pass
+    with pytest.raises(UserError, match="bad input") as e:
+        with distributed.all_or_none():
+            raise UserError("bad input")
+    assert type(e.value) is UserError  # not turned into an agreed error outside torchrun
+
+
+def test_offload_under_torchrun_is_one_clear_error(tmp_path, tiny_dir):
+    results = _launch(["-m", "polyprune", "prune"], ["--model", str(tiny_dir("llama")), "--method", "magnitude",
+                                                     "--offload", "--out", str(tmp_path / "r")], 2, tmp_path)
+    for rc, _, err in results:
+        assert rc == 2 and "streaming (--offload / --max-memory) runs in one process" in err, err[-2000:]
     assert not (tmp_path / "r").exists()

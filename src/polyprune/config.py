@@ -13,7 +13,6 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from .errors import UserError
 from .options import Bool, Int, Number, Strict
 
-STREAM_DEVICES = (None, "auto", "cpu")
 
 
 def _value(fn, v):
@@ -210,8 +209,6 @@ def check_config(cfg: RunConfig) -> None:
         if cfg.keep_stats:
             raise UserError("--keep-stats needs the whole model in memory (statistics are saved with the masks "
                             "at the end): drop --keep-stats or --offload")
-        if cfg.device not in STREAM_DEVICES:
-            raise UserError("streaming (--offload / --max-memory) runs on the CPU: drop --device")
 
 
 def validate_config(data: dict, what: str = "config", partial: bool = False, registries: bool = True) -> RunConfig:

@@ -8,11 +8,18 @@ feature norms, the Hessians); the moments are merged with Chan's parallel formul
 sums are summed. Only the summation order differs from one process, so masks equal the
 single-process ones up to float rounding at ties (measured in tests/test_gpu_engine.py).
 NCCL on GPUs, gloo on the CPU; only rank 0 writes the run folder.
+
+A failure on one rank must not leave the others waiting in their next collective: the phases of a
+run (calibration, model loading, rank 0's write) end in :func:`all_or_none`, one exchange in which
+every rank learns whether any rank failed, and on a failure every rank stops with the first failing
+rank's line (exit 2). A failure inside the layer walk on one rank only (e.g. out of GPU memory) ends
+the others at the process group's timeout: ``POLYPRUNE_DIST_TIMEOUT_S`` seconds (default 600).
 """
 from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from datetime import timedelta
 
 import torch
@@ -37,25 +44,103 @@ def world_size() -> int:
     return dist.get_world_size() if active() else 1
 
 
-def init_from_env(device: torch.device, timeout_s: float = 600) -> bool:
+TIMEOUT_ENV = "POLYPRUNE_DIST_TIMEOUT_S"
+TIMEOUT_S = 600.0
+
+
+def timeout_s() -> float:
+    """Seconds a rank waits in a collective for the others (``POLYPRUNE_DIST_TIMEOUT_S``, default 600):
+    finite, so a rank that died outside an agreement point does not leave the others waiting for ever."""
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not text:
+        return TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise UserError(f"{TIMEOUT_ENV}={text!r} is not a positive number of seconds: e.g. {TIMEOUT_ENV}=600")
+    return value
+
+
+def init_from_env(device: torch.device, timeout: float | None = None) -> bool:
     """Join the process group that ``torchrun`` describes in the environment (WORLD_SIZE > 1);
-    returns whether this is a multi-process run. Failures are one clear line."""
+    returns whether this is a multi-process run. Failures are one clear line. ``timeout``: seconds
+    (default :func:`timeout_s`)."""
     import torch.distributed as dist
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
         return active()
+    timeout = timeout_s() if timeout is None else timeout
     if not dist.is_available():
         raise UserError("WORLD_SIZE > 1 but this torch build has no torch.distributed: run one process")
     backend = "nccl" if device.type == "cuda" else "gloo"
     try:
         if device.type == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
     except (RuntimeError, ValueError, OSError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(f"torch.distributed ({backend}) initialisation failed: {first}: start every rank with "
                         f"torchrun and check MASTER_ADDR / MASTER_PORT") from None
     log.debug("rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), backend)
     return active()
+
+
+class AgreedError(UserError):
+    """A failure every rank has learned of (raised on every rank by :func:`agree`)."""
+
+
+def _line(e: BaseException) -> str:
+    """What the other ranks print for this rank's failure: bad input as it is, anything else with its rank."""
+    if isinstance(e, UserError):
+        return str(e)
+    if isinstance(e, OSError) and e.errno is not None:
+        from .io import os_error_line
+        what = os_error_line(e)
+    else:
+        first = (str(e).strip().splitlines() or [""])[0]
+        what = f"{type(e).__name__}: {first}" if first else type(e).__name__
+    return f"rank {rank()} failed: {what}"
+
+
+def agree(error: BaseException | None) -> None:
+    """One exchange between all ranks: returns when no rank failed; otherwise every rank raises
+    :class:`AgreedError` with the first failing rank's line, except that a rank whose own failure is
+    not bad input re-raises it (its traceback or OS-error line kept). In a single process it only
+    re-raises ``error``."""
+    if not active():
+        if error is not None:
+            raise error
+        return
+    import torch.distributed as dist
+    lines: list = [None] * dist.get_world_size()
+    dist.all_gather_object(lines, None if error is None else _line(error))
+    failed = [(r, line) for r, line in enumerate(lines) if line is not None]
+    if not failed:
+        return
+    if error is not None and not isinstance(error, UserError):
+        try:
+            error.agreed = True  # type: ignore[attr-defined]  (an enclosing phase lets it pass)
+        except AttributeError:
+            pass
+        raise error
+    log.debug("rank %d stops: rank %d failed", rank(), failed[0][0])
+    raise AgreedError(failed[0][1]) from None
+
+
+@contextmanager
+def all_or_none():
+    """One phase of a multi-process run: at its end the ranks :func:`agree` on its outcome (one
+    collective), so all go on or all stop with the same line. Nested phases: a failure already
+    agreed on passes through without another exchange (every rank skips it alike)."""
+    try:
+        yield
+    except Exception as e:
+        if getattr(e, "agreed", False) or isinstance(e, AgreedError) or not active():
+            raise
+        agree(e)
+        raise
+    agree(None)
 
 
 def shard(calibration):

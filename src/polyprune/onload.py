@@ -7,7 +7,12 @@ visits the device for its statistics pass, pruning and propagation (``load``), t
 the host (``release``). The engine's code path is the one of an all-resident model, so masks are
 the same bit for bit.
 Hidden states stay on the GPU when they fit, else in pinned host memory (``--activation-device``).
-The memory model behind :func:`plan` is documented in docs/benchmarks.md.
+On a GPU the layers' host copies are pinned once (page-locked host memory = the decoder layers' size,
+for the whole run): copies to the GPU are asynchronous and a layer comes back into its own pinned
+buffers instead of a fresh host allocation per layer. A run streamed from disk (``--offload``,
+:mod:`polyprune.stream`) reads each layer to the host and moves it the same way (no pinning: each
+layer's host copy is read once). The memory model behind :func:`plan` is documented in
+docs/benchmarks.md.
 """
 from __future__ import annotations
 
@@ -111,24 +116,123 @@ def free_bytes(device: torch.device) -> int:
     return int(free)
 
 
+def _slots(module: nn.Module):
+    """``(name, store, key, tensor)`` of every parameter and buffer of ``module`` (``store``: the
+    owning module's ``_parameters`` / ``_buffers``), in module order; a tied tensor once per owner."""
+    for mname, mod in module.named_modules():
+        for store in (mod._parameters, mod._buffers):
+            for k, t in store.items():
+                if t is not None:
+                    yield (f"{mname}.{k}" if mname else k), store, k, t
+
+
+def pin_module(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Replace the host tensors of ``module`` by page-locked copies, once (ties kept), so that copies to
+    the GPU run asynchronously; returns them by name: the buffers :func:`write_back` fills later."""
+    memo: dict[int, torch.Tensor] = {}
+    host: dict[str, torch.Tensor] = {}
+    for name, store, k, t in _slots(module):
+        if t.device.type != "cpu":
+            continue
+        if id(t) not in memo:
+            data = t.data if t.is_pinned() else t.data.pin_memory()
+            memo[id(t)] = nn.Parameter(data, requires_grad=False) if isinstance(t, nn.Parameter) else data
+        store[k] = host[name] = memo[id(t)]
+    return host
+
+
+def write_back(module: nn.Module, host: dict[str, torch.Tensor]) -> nn.Module:
+    """Bring ``module`` back to the host into the buffers of :func:`pin_module` (an in-place copy from the
+    device, no new host allocation); tensors without a matching buffer are moved as usual."""
+    memo: dict[int, torch.Tensor] = {}
+    for name, store, k, t in _slots(module):
+        if id(t) not in memo:
+            h = host.get(name)
+            if h is None or h.shape != t.shape or h.dtype != t.dtype:
+                moved = _move(t.data, torch.device("cpu"))
+                memo[id(t)] = nn.Parameter(moved, requires_grad=False) if isinstance(t, nn.Parameter) else moved
+            else:
+                if h is not t:
+                    with torch.no_grad():
+                        h.data.copy_(t.data)  # blocking: the host buffer is whole when this returns
+                memo[id(t)] = h
+        store[k] = memo[id(t)]
+    return module
+
+
 class Onloader:
     """``layer_io`` for :func:`polyprune.prune`: each decoder layer onto ``device`` for its turn, then back
-    to the host; the rest of the model stays on the host."""
+    to the host; the rest of the model stays on the host.
+
+    On a GPU the layers' host copies are pinned once (``pin``; host memory: the layers' size, held
+    for the run) and a layer coming back is copied into its own pinned buffers: no host allocation
+    per layer, and every copy to the GPU is asynchronous. CPU-only runs pin nothing."""
 
     moves_only = True  # load/release only move tensors: passes that prune nothing may use them too
 
-    def __init__(self, model: nn.Module, device: torch.device | str, activation_device=None):
+    def __init__(self, model: nn.Module, device: torch.device | str, activation_device=None,
+                 pin: bool | None = None):
         self.device = torch.device(device)
         self.host = torch.device("cpu")
         self.path, self.layers = find_layers(model)
         move_module(model, self.host)  # a no-op when loaded there
         self.activation_device = torch.device(activation_device) if activation_device else self.device
+        self.pin = self.device.type == "cuda" if pin is None else pin
+        self.pinned: dict[int, dict[str, torch.Tensor]] = {}
+        for i, layer in enumerate(self.layers if self.pin else []):
+            try:
+                self.pinned[i] = pin_module(layer)
+            except RuntimeError as e:  # page-locked memory is limited (ulimit -l, containers): go on unpinned
+                log.warning("cannot pin host memory for decoder layer %d and later (%s): their copies to %s "
+                            "are synchronous", i, (str(e).strip().splitlines() or [""])[0], self.device)
+                break
 
     def load(self, i: int, layer: nn.Module) -> None:
         move_module(layer, self.device)
 
     def release(self, i: int, layer: nn.Module) -> None:
-        move_module(layer, self.host)
+        if i in self.pinned:
+            write_back(layer, self.pinned[i])
+        else:
+            move_module(layer, self.host)
+
+
+def _checked_plan(model: nn.Module, device: torch.device, tokens: int, kinds: frozenset,
+                  act_bytes: int | None) -> Plan:
+    """The plan on ``device``; a device too small for one decoder layer is bad input."""
+    pl = plan(model, tokens, kinds, free_bytes(device), act_bytes)
+    if pl.one_layer > pl.free:
+        raise UserError(f"{device} has {pl.free / GiB:.1f} GiB free but pruning needs at least "
+                        f"{pl.one_layer / GiB:.1f} GiB for one decoder layer ({pl.layer / GiB:.2f} GiB weights, "
+                        f"{pl.stats / GiB:.2f} GiB statistics, {pl.workspace / GiB:.2f} GiB workspace): "
+                        f"free the GPU, use a larger one, or --device cpu")
+    return pl
+
+
+def _activation_device(pl: Plan, device: torch.device, requested, room: int) -> torch.device:
+    """``requested`` (``--activation-device``), or on ``auto`` the GPU when the hidden states fit in
+    ``room`` bytes, else the (pinned) host."""
+    if requested in (None, "", "auto"):
+        return device if pl.hidden * MARGIN <= room else torch.device("cpu")
+    return check_device(requested)
+
+
+def place_streamed(model: nn.Module, device: torch.device, calibration, method: str, options: dict,
+                   activation_device=None, act_bytes: int | None = None) -> torch.device:
+    """Where the hidden states of a run streamed from disk wait (its layers visit ``device`` one at a
+    time, read from the checkpoint to the host first); ``model`` is the meta-device skeleton."""
+    from .calibration import as_calibration
+    from .methods import get_method, get_refiner
+    kinds = set(get_method(method).needs)
+    if options.get("refine"):
+        kinds |= set(get_refiner(options["refine"]).needs)
+    tokens = 0 if calibration is None or not kinds else sum(s.n_tokens for s in as_calibration(calibration).samples)
+    pl = _checked_plan(model, device, tokens, frozenset(kinds), act_bytes)
+    act = _activation_device(pl, device, activation_device, pl.free - pl.one_layer)
+    log.info("streamed placement on %s: layer-by-layer from disk, hidden states on %s (%.2f GiB free; one layer "
+             "needs %.2f GiB, hidden states %.2f GiB)", device, act, pl.free / GiB, pl.one_layer / GiB,
+             pl.hidden / GiB)
+    return act
 
 
 def place(model: nn.Module, device: torch.device, tokens: int, kinds: frozenset, onload: str = "auto",
@@ -145,18 +249,10 @@ def place(model: nn.Module, device: torch.device, tokens: int, kinds: frozenset,
             return Onloader(model, device, "cpu"), torch.device("cpu")
         return None, None
     n_layers = len(find_layers(model)[1])
-    pl = plan(model, tokens, kinds, free_bytes(device), act_bytes)
-    if pl.one_layer > pl.free:
-        raise UserError(f"{device} has {pl.free / GiB:.1f} GiB free but pruning needs at least "
-                        f"{pl.one_layer / GiB:.1f} GiB for one decoder layer ({pl.layer / GiB:.2f} GiB weights, "
-                        f"{pl.stats / GiB:.2f} GiB statistics, {pl.workspace / GiB:.2f} GiB workspace): "
-                        f"free the GPU, use a larger one, or --device cpu")
+    pl = _checked_plan(model, device, tokens, kinds, act_bytes)
     resident = onload == "never" or (onload == "auto" and pl.all_resident(n_layers) <= pl.free)
-    if activation_device in (None, "", "auto"):
-        room = pl.free - (pl.all_resident(n_layers) - int(pl.hidden * MARGIN) if resident else pl.one_layer)
-        act = device if pl.hidden * MARGIN <= room else torch.device("cpu")
-    else:
-        act = check_device(activation_device)
+    room = pl.free - (pl.all_resident(n_layers) - int(pl.hidden * MARGIN) if resident else pl.one_layer)
+    act = _activation_device(pl, device, activation_device, room)
     log.info("placement on %s: %s, hidden states on %s (%.2f GiB free; one layer needs %.2f GiB, "
              "hidden states %.2f GiB)", device, "all layers resident" if resident else "layer-by-layer onloading",
              act, pl.free / GiB, pl.one_layer / GiB, pl.hidden / GiB)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from pathlib import Path
 
 from .calibration import Calibration, build_calibration, from_text_file
@@ -116,23 +117,24 @@ def run_prune(cfg: RunConfig, out: str | Path, force: bool = False) -> Path:
     dtype = check_dtype(cfg.dtype, device)
     if distributed.init_from_env(device) and device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU (LOCAL_RANK)
-    if distributed.rank() != 0:  # the other ranks calibrate and prune alongside; rank 0 writes the run
-        if out.exists() and not force:  # rank 0 refuses this in staged_dir: every rank stops, none waits for it
-            raise UserError(f"output folder {out} already exists: choose another --out or pass --force")
-        tok = load_tokenizer(cfg.model)
-        cal = build_run_calibration(cfg, tok)
-        check_positions(cfg)
-        model, tok = load_model(cfg.model, dtype, "cpu", tokenizer=tok)
-        prune_with_config(model, cal, cfg, **place_for_config(model, cal, cfg, device))
+    rank0 = distributed.rank() == 0  # every rank calibrates and prunes; rank 0 writes the run
+    # under torchrun each phase ends in one agreement (distributed.all_or_none): a failure on any rank
+    # stops every rank with its line instead of leaving the others waiting in their next collective
+    with distributed.all_or_none():  # the last phase: rank 0's write, so no rank reports a run it lacks
+        with staged_dir(out, force) if rank0 else nullcontext() as tmp:
+            with distributed.all_or_none():
+                # calibration first: its bad input (unknown language, missing file) fails before the weights load
+                tok = load_tokenizer(cfg.model)
+                cal = build_run_calibration(cfg, tok)
+                check_positions(cfg)
+            with distributed.all_or_none():
+                model, tok = load_model(cfg.model, dtype, "cpu", tokenizer=tok)  # placed on the device below
+                placement = place_for_config(model, cal, cfg, device)
+            result = prune_with_config(model, cal, cfg, **placement)
+            if rank0:
+                RunWriter(tmp, cfg).finish(result, cal, tok, model)
+    if not rank0:
         return out
-    with staged_dir(out, force) as tmp:
-        # calibration first: its bad input (unknown language, missing file) fails before the weights load
-        tok = load_tokenizer(cfg.model)
-        cal = build_run_calibration(cfg, tok)
-        check_positions(cfg)
-        model, tok = load_model(cfg.model, dtype, "cpu", tokenizer=tok)  # placed on the device below
-        result = prune_with_config(model, cal, cfg, **place_for_config(model, cal, cfg, device))
-        RunWriter(tmp, cfg).finish(result, cal, tok, model)
     log.info("run written to %s (achieved sparsity %.4f)", out, result.record["achieved_sparsity"])
     return out
 
@@ -140,12 +142,19 @@ def run_prune(cfg: RunConfig, out: str | Path, force: bool = False) -> Path:
 def run_prune_streaming(cfg, out: str | Path, force: bool = False) -> Path:
     """:func:`polyprune.pipeline.run_prune` without materialising the model: a run folder with the
     usual files plus the pruned checkpoint in ``model/``."""
+    import os
+
     from .model import load_tokenizer
+    from .onload import check_device, check_dtype
     from .result import PruneResult
     from .stream import Checkpoint, check_target, local_checkpoint, stream_prune
     out = Path(out)
-    if cfg.device not in (None, "auto", "cpu"):
-        raise UserError("streaming (--offload / --max-memory) runs on the CPU: drop --device")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank would stream and write the same run
+        raise UserError("streaming (--offload / --max-memory) runs in one process: drop torchrun, or drop "
+                        "--offload and --max-memory")
+    device = check_device(cfg.device)  # a GPU: each layer read to the host, then computed there
+    gpu = {"device": device, "activation_device": cfg.activation_device} if device.type != "cpu" else {}
+    dtype = check_dtype(cfg.dtype, device) if gpu else cfg.dtype
     src = local_checkpoint(cfg.model)
     Checkpoint(src)  # bad input before anything is written
     check_target(out, 0)
@@ -154,7 +163,7 @@ def run_prune_streaming(cfg, out: str | Path, force: bool = False) -> Path:
         cal = calibration_from_config(cfg.calibration, tok, cfg.seed, cfg.method)
         writer = RunWriter(tmp, cfg, stream=True, source=src)
         try:
-            rec = stream_prune(src, cal, tmp, cfg.method, cfg.sparsity, cfg.pattern, dtype=cfg.dtype,
+            rec = stream_prune(src, cal, tmp, cfg.method, cfg.sparsity, cfg.pattern, dtype=dtype, **gpu,
                                tune_allocator=True,  # a polyprune command's own process: see return_freed_memory
                                activation_dtype=cfg.activation_dtype, sink=writer.sink, **engine_options(cfg))
         except BaseException:

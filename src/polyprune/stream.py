@@ -142,7 +142,10 @@ class LayerStreamer:
     write its tensors (in the checkpoint's dtype) to ``model/``, then free it."""
 
     def __init__(self, model: nn.Module, path: str, ckpt: Checkpoint, out: Path, dtype: torch.dtype,
-                 n_layers: int):
+                 n_layers: int, device: torch.device | str | None = None):
+        # compute device (the engine runs each layer there, as with :class:`polyprune.onload.Onloader`):
+        # a layer is read to the host, then moved there; None = where it is read, the CPU
+        self.device = None if device is None else torch.device(device)
         self.model, self.path, self.ckpt, self.out, self.dtype = model, path, ckpt, Path(out), dtype
         self.model_dir = self.out / "model"
         self.model_dir.mkdir(parents=True, exist_ok=True)
@@ -189,9 +192,19 @@ class LayerStreamer:
                 raise UserError(f"checkpoint tensor {name} has shape {tuple(value.shape)}, the model expects "
                                 f"{tuple(t.shape)}: config.json does not match the weights")
             _set_tensor(self.model, name, value if value.dtype == want else value.to(want))
+        if self.device is not None:
+            from .onload import move_module
+            move_module(layer, self.device)
         self.load_s += time.perf_counter() - t0
 
+    def _to_host(self, layer: nn.Module) -> None:
+        """Bring a layer computed on ``device`` back to the host, where it is written."""
+        if self.device is not None:
+            from .onload import move_module
+            move_module(layer, torch.device("cpu"))
+
     def release(self, i: int, layer: nn.Module) -> None:
+        self._to_host(layer)
         t0 = time.perf_counter()
         prefix = f"{self.path}.{i}."
         state = _state_names(layer, prefix)
@@ -289,6 +302,7 @@ def stream_prune(model_dir: str | Path, calibration: Any, out: str | Path, metho
                  sparsity: float | None = 0.5, pattern: str = "unstructured", *, dtype: str | torch.dtype | None = None,
                  activation_dtype: str | torch.dtype | None = None, check_space: bool = True,
                  mask_metadata: dict[str, str] | None = None, tune_allocator: bool = False, sink=None,
+                 device: str | torch.device | None = None, activation_device: str | torch.device | None = None,
                  **prune_options) -> dict:
     """Prune the safetensors checkpoint in ``model_dir`` layer by layer into the folder ``out`` (created;
     normally a staged temp folder): ``model/``, ``masks.safetensors``, ``weights.safetensors``,
@@ -298,7 +312,10 @@ def stream_prune(model_dir: str | Path, calibration: Any, out: str | Path, metho
     :class:`polyprune.run.StreamSink` of the run's writer (default: one in ``out`` with
     ``mask_metadata``), closed here. ``tune_allocator``: apply :func:`return_freed_memory` first, a
     process-wide glibc setting, so only a process that does nothing else opts in (``polyprune prune
-    --offload`` does). Returns the run record (``PruneResult.record`` plus ``streaming``)."""
+    --offload`` does). ``device``: where each layer is computed after it is read to the host (e.g.
+    ``cuda``; default: the CPU, where it is read); ``activation_device``: where hidden states wait on a
+    GPU run (``auto`` / None: from free memory, see :func:`polyprune.onload.place_streamed`). Returns
+    the run record (``PruneResult.record`` plus ``streaming``)."""
     from .engine import prune
     from .methods import get_method
     from .model import prunable_weights, resolve_dtype
@@ -312,8 +329,9 @@ def stream_prune(model_dir: str | Path, calibration: Any, out: str | Path, metho
         raise UserError("--keep-stats needs the whole model in memory (statistics are saved with the masks "
                         "at the end): drop --keep-stats or --offload")
     meth = get_method(method)
-    dt = resolve_dtype(dtype, torch.device("cpu"))
-    act = resolve_dtype(activation_dtype, torch.device("cpu")) if activation_dtype else None
+    compute = None if device is None else torch.device(device)
+    dt = resolve_dtype(dtype, compute or torch.device("cpu"))
+    act = resolve_dtype(activation_dtype, compute or torch.device("cpu")) if activation_dtype else None
     out = Path(out)
     ckpt = Checkpoint(model_dir)
     model, path, ckpt = skeleton(model_dir, dt, ckpt)
@@ -322,7 +340,11 @@ def stream_prune(model_dir: str | Path, calibration: Any, out: str | Path, metho
         check_target(out / "x", needed_bytes(ckpt, prunable, meth.updates_weights))
     from .model import find_layers
     n_layers = len(find_layers(model)[1])
-    io = LayerStreamer(model, path, ckpt, out, dt, n_layers)
+    if compute is not None:
+        from .onload import place_streamed
+        prune_options["activation_device"] = place_streamed(model, compute, calibration, method, prune_options,
+                                                            activation_device, (act or dt).itemsize)
+    io = LayerStreamer(model, path, ckpt, out, dt, n_layers, device=compute)
     if sink is None:
         sink = StreamSink(out, mask_metadata or {"method": method, "model": str(model_dir), "pattern": str(pattern),
                                                  "sparsity": str(sparsity)})
