@@ -86,3 +86,14 @@ def test_grid_report_and_analysis_agree_on_one_run(tiny, monkeypatch, sparsity, 
     assert {**entry.labels, "seed": entry.seed} == {**cell.labels, "variant": "-"}
     (run,) = load_runs([folder])
     assert run.group == run.key == cell.labels["calibration"]
+
+
+def test_runs_on_two_unlabelled_calibration_files_are_two_analysis_groups(tmp_path):
+    """A calibration file without languages is labelled ``file`` in grids; analyses tell two such
+    files apart by name, so their runs are not taken for seeds of one run."""
+    from polyprune.analysis.common import RunInfo
+    from polyprune.config import RunConfig
+    runs = [RunInfo(tmp_path / n, RunConfig(calibration={"file": f"/data/{n}.txt"})) for n in ("news", "code")]
+    assert [r.group for r in runs] == ["file:news", "file:code"]
+    with_lang = RunInfo(tmp_path / "x", RunConfig(calibration={"file": "/data/news.txt", "langs": ["eng_Latn"]}))
+    assert with_lang.group == "file:eng"

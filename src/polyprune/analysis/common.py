@@ -54,8 +54,11 @@ class RunInfo:
     @property
     def group(self) -> str:
         """The calibration label of grid cells and report rows (``file:eng``, ``text:fra>eng``), seed
-        left out: runs of one group differ only by seed."""
-        return calibration_label(self.cfg.calibration.model_dump(mode="json"))
+        left out: runs of one group differ only by seed. A calibration file without languages is
+        told apart by its name (``file:notes``): runs on two such files are not seeds of one run."""
+        cal = self.cfg.calibration
+        label = calibration_label(cal.model_dump(mode="json"))
+        return f"file:{Path(cal.file).stem}" if label == "file" and cal.file else label
 
     @property
     def label(self) -> str:
