@@ -198,7 +198,7 @@ def test_cli_eval_and_bad_input(tiny_dir, fake_data, tmp_path, capsys, monkeypat
         "no local data": (["--task", "xnli", "--lang", "de"], "de.jsonl.gz"),
         "no MARC file": (["--task", "marc", "--lang", "fr"], "fr.jsonl.gz"),
         "bad limit": (["--task", "xnli", "--lang", "fr", "--limit", "0"], "limit"),
-        "unknown option": (["--task", "xnli", "--lang", "fr", "-o", "k=3"], "unknown option"),
+        "unknown option": (["--task", "xnli", "--lang", "fr", "-o", "k=3"], "task 'xnli' has no option 'k'"),
     }
     for why, (args, needle) in bad.items():
         bad_out = tmp_path / why.replace(" ", "_")

@@ -10,6 +10,7 @@ import torch
 
 from ..calibration import Sample, window_samples  # noqa: F401  (re-exported for the recipes)
 from ..errors import UserError
+from ..options import fill, options_model
 from ..prompts import special_prefix
 
 log = logging.getLogger(__name__)
@@ -18,12 +19,9 @@ DEFAULT_SEQLEN = 512
 
 
 def check_options(recipe: str, options: dict[str, Any], allowed: dict[str, Any]) -> dict[str, Any]:
-    """``options`` merged over ``allowed`` defaults; an unknown key is bad input."""
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        valid = ", ".join(sorted(allowed)) or "none"
-        raise UserError(f"calibration recipe {recipe!r} has no option {unknown[0]!r}: valid options are {valid}")
-    return {**allowed, **options}
+    """``options`` merged over ``allowed`` defaults (the options model every registry entry uses,
+    :func:`polyprune.options.fill`); an unknown key is bad input."""
+    return fill("calibration recipe", recipe, options_model(recipe, allowed), options)
 
 
 def rng_for(seed: int, *parts: str) -> random.Random:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..errors import UserError
+from ..options import fill, options_model
 from ..registry import Registry
 
 log = logging.getLogger(__name__)
@@ -111,11 +112,7 @@ def _versions(extra: dict | None = None) -> dict:
 def _check_options(task: Task, options: dict) -> dict:
     allowed = dict(task.options) | {"lrp2": None, "lrp2_samples": 100, "lrp2_dev_limit": 150,
                                     "lrp2_pairs": None}
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise UserError(f"task {task.name}: unknown option(s) {', '.join(unknown)}; "
-                        f"known: {', '.join(sorted(allowed))}")
-    return allowed | options
+    return fill("task", task.name, options_model(task.name, allowed), options)
 
 
 def evaluate(model, tokenizer, task: str, langs: Sequence[str] | None = None, data_dir=None,
