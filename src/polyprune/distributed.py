@@ -17,6 +17,7 @@ the others at the process group's timeout: ``POLYPRUNE_DIST_TIMEOUT_S`` seconds 
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 from contextlib import contextmanager
@@ -83,7 +84,20 @@ def init_from_env(device: torch.device, timeout: float | None = None) -> bool:
         raise UserError(f"torch.distributed ({backend}) initialisation failed: {first}: start every rank with "
                         f"torchrun and check MASTER_ADDR / MASTER_PORT") from None
     log.debug("rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), backend)
+    atexit.register(_leave)
     return active()
+
+
+def _leave() -> None:
+    """Leave the process group before the interpreter exits: a process that exits inside it
+    (e.g. after its one-line error) can otherwise abort in the backend's threads
+    ("terminate called without an active exception", exit -6) instead of exiting with its code."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except (RuntimeError, ValueError):  # already torn down: nothing left to leave
+            pass
 
 
 class AgreedError(UserError):
