@@ -11,7 +11,6 @@ import torch
 from ..calibration import Sample, window_samples  # noqa: F401  (re-exported for the recipes)
 from ..errors import UserError
 from ..options import fill, options_model
-from ..prompts import special_prefix
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,6 @@
 """``polyprune list KIND``: what exists, read from the registries themselves (so it cannot drift)."""
 from __future__ import annotations
 
-import re
 from enum import Enum
 
 import typer
