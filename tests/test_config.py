@@ -248,3 +248,20 @@ def test_grid_data_free_cells_ignore_a_contrast_calibration(tmp_path):
     assert [c.config["method"] for c in cells] == ["magnitude", "wanda-contrastive"]
     assert cells[0].config["calibration"]["contrast"] is None
     assert cells[1].config["calibration"]["langs"] == ["eng_Latn"]
+
+
+def test_a_run_folder_written_before_a_rule_existed_still_reads(tmp_path):
+    """Reading a run checks its fields, not the cross-field rules of today's prune: a run that was
+    valid when written (here: file and recipe given to a data-free method) still loads."""
+    import yaml
+
+    from polyprune.run import read_config
+    data = {"method": "magnitude", "calibration": {"file": "a.txt", "recipe": "text", "langs": ["fra"]}}
+    with pytest.raises(UserError, match="not both"):
+        validate_config(data)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
+    cfg = read_config(tmp_path)
+    assert cfg.method == "magnitude" and cfg.calibration.langs == ["fra_Latn"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({**data, "metod": "wanda"}))
+    with pytest.raises(UserError, match="unknown key 'metod'"):
+        read_config(tmp_path)

@@ -322,7 +322,8 @@ def read_config(path: str | Path) -> RunConfig:
     if not isinstance(data, dict):
         raise UserError(f"{f} is not a run configuration (a mapping): restore it or re-run the prune")
     data.pop("versions", None)
-    return validate_config(data, f"{p}/config.yaml")
+    # fields only: the run exists, so a cross-field rule added since it was written must not lock it out
+    return validate_config(data, f"{p}/config.yaml", partial=True)
 
 
 def load_kept_weights(path: Path) -> dict[str, torch.Tensor]:
