@@ -203,12 +203,19 @@ def check_config(cfg: RunConfig) -> None:
               allocation_options=cfg.allocation_options)
     check_calibration(cfg.calibration, cfg.method, needs_data(cfg) or bool(cfg.keep_stats))
     if cfg.offload:
-        if not cfg.uniform:
-            raise UserError("layer-wise sparsity allocation needs the whole model in memory: drop --allocation "
-                            "or --offload, or give layer_sparsity explicitly")
-        if cfg.keep_stats:
-            raise UserError("--keep-stats needs the whole model in memory (statistics are saved with the masks "
-                            "at the end): drop --keep-stats or --offload")
+        check_streaming(cfg.allocation, cfg.keep_stats)
+
+
+def check_streaming(allocation: str | None, keep_stats: Any) -> None:
+    """What a run streamed layer by layer from disk cannot do (a RunConfig with ``offload`` and
+    :func:`polyprune.stream.stream_prune` both call this)."""
+    from .allocation import is_uniform
+    if not is_uniform(allocation):
+        raise UserError("layer-wise sparsity allocation needs the whole model in memory: drop --allocation "
+                        "or --offload, or give layer_sparsity explicitly")
+    if keep_stats:
+        raise UserError("--keep-stats needs the whole model in memory (statistics are saved with the masks "
+                        "at the end): drop --keep-stats or --offload")
 
 
 def validate_config(data: dict, what: str = "config", partial: bool = False, registries: bool = True) -> RunConfig:

@@ -45,6 +45,11 @@ def world_size() -> int:
     return dist.get_world_size() if active() else 1
 
 
+def launched() -> bool:
+    """Started as one of several processes (``torchrun`` sets WORLD_SIZE), joined or not yet."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 TIMEOUT_ENV = "POLYPRUNE_DIST_TIMEOUT_S"
 TIMEOUT_S = 600.0
 
@@ -69,7 +74,7 @@ def init_from_env(device: torch.device, timeout: float | None = None) -> bool:
     returns whether this is a multi-process run. Failures are one clear line. ``timeout``: seconds
     (default :func:`timeout_s`)."""
     import torch.distributed as dist
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
+    if not launched() or (dist.is_available() and dist.is_initialized()):
         return active()
     timeout = timeout_s() if timeout is None else timeout
     if not dist.is_available():

@@ -11,7 +11,7 @@ from torch import nn
 from .calibration import Calibration, as_calibration
 from .collect import walk
 from .errors import UserError
-from .allocation import is_uniform
+from .allocation import get_allocation, is_uniform, walk_placement
 from .config import check_run
 from .masks import Pattern, check_sparsity, parse_pattern, to_stored, weight_matrix
 from .methods import Spec, get_method, get_refiner
@@ -65,7 +65,6 @@ def prune(model: nn.Module, calibration: Any = None, method: str = "wanda", spar
     ``sink``: where each matrix's mask, new weights and info go as soon as it is pruned (see
     :class:`polyprune.run.StreamSink`); by default the returned result collects them.
     Methods run on the device of the weights; masks and kept values are stored on the CPU."""
-    method_options = dict(method_options or {})
     t_start = time.perf_counter()
     method_options = check_run(method, sparsity, pattern, method_options, refine=refine,
                                refine_options=refine_options, allocation=allocation,
@@ -107,7 +106,6 @@ def prune(model: nn.Module, calibration: Any = None, method: str = "wanda", spar
         placement = {"activation_device": activation_device, "compute_device": compute_device, **(
             {"before_layer": layer_io.load, "after_layer": layer_io.release}
             if layer_io is not None and getattr(layer_io, "moves_only", False) else {})}
-    from .allocation import walk_placement
     with walk_placement(placement):
         targets = _layer_targets(model, cal, sparsity, pat, layer_sparsity, allocation, allocation_options,
                                  n_layers, count_pads, timer)
@@ -186,7 +184,6 @@ def _layer_targets(model, cal, sparsity, pat, layer_sparsity, allocation, alloca
         return [check_sparsity(s) for s in layer_sparsity]
     if is_uniform(allocation):
         return [sparsity] * n_layers
-    from .allocation import get_allocation
     alloc = get_allocation(allocation)
     with timer("allocation"):
         out = alloc(model, cal, sparsity, pat, count_pads=count_pads, **(allocation_options or {}))

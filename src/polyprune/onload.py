@@ -222,12 +222,10 @@ def place_streamed(model: nn.Module, device: torch.device, calibration, method: 
     """Where the hidden states of a run streamed from disk wait (its layers visit ``device`` one at a
     time, read from the checkpoint to the host first); ``model`` is the meta-device skeleton."""
     from .calibration import as_calibration
-    from .methods import get_method, get_refiner
-    kinds = set(get_method(method).needs)
-    if options.get("refine"):
-        kinds |= set(get_refiner(options["refine"]).needs)
+    from .methods import stat_kinds
+    kinds = stat_kinds(method, options.get("refine"))
     tokens = 0 if calibration is None or not kinds else sum(s.n_tokens for s in as_calibration(calibration).samples)
-    pl = _checked_plan(model, device, tokens, frozenset(kinds), act_bytes)
+    pl = _checked_plan(model, device, tokens, kinds, act_bytes)
     act = _activation_device(pl, device, activation_device, pl.free - pl.one_layer)
     log.info("streamed placement on %s: layer-by-layer from disk, hidden states on %s (%.2f GiB free; one layer "
              "needs %.2f GiB, hidden states %.2f GiB)", device, act, pl.free / GiB, pl.one_layer / GiB,

@@ -8,7 +8,7 @@ from pathlib import Path
 from .calibration import Calibration, build_calibration, from_text_file
 from .config import CalibrationConfig, RunConfig, check_calibration
 from .errors import UserError
-from .methods import get_method
+from .methods import get_method, stat_kinds
 from .run import RunWriter, staged_dir
 
 log = logging.getLogger(__name__)
@@ -72,8 +72,7 @@ def place_for_config(model, cal: Calibration | None, cfg: RunConfig, device) -> 
     from . import distributed
     from .model import resolve_dtype
     from .onload import place
-    meth = get_method(cfg.method)
-    kinds = frozenset(meth.needs) | (frozenset({"moments", "sqnorm"}) if cfg.refine else frozenset())
+    kinds = stat_kinds(cfg.method, cfg.refine)
     tokens = -(-sum(s.n_tokens for s in cal.samples) // distributed.world_size()) if cal is not None else 0
     act = resolve_dtype(cfg.activation_dtype, None) if cfg.activation_dtype else None
     io, act_dev = place(model, device, tokens, kinds, cfg.onload, cfg.activation_device,
@@ -142,14 +141,13 @@ def run_prune(cfg: RunConfig, out: str | Path, force: bool = False) -> Path:
 def run_prune_streaming(cfg, out: str | Path, force: bool = False) -> Path:
     """:func:`polyprune.pipeline.run_prune` without materialising the model: a run folder with the
     usual files plus the pruned checkpoint in ``model/``."""
-    import os
-
     from .model import load_tokenizer
     from .onload import check_device, check_dtype
     from .result import PruneResult
     from .stream import Checkpoint, check_target, local_checkpoint, stream_prune
     out = Path(out)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank would stream and write the same run
+    from . import distributed
+    if distributed.launched():  # every rank would stream and write the same run
         raise UserError("streaming (--offload / --max-memory) runs in one process: drop torchrun, or drop "
                         "--offload and --max-memory")
     device = check_device(cfg.device)  # a GPU: each layer read to the host, then computed there

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from . import onload
 from .masks import sparsity_report
 
 log = logging.getLogger(__name__)
@@ -193,15 +194,13 @@ class LayerStreamer:
                                 f"{tuple(t.shape)}: config.json does not match the weights")
             _set_tensor(self.model, name, value if value.dtype == want else value.to(want))
         if self.device is not None:
-            from .onload import move_module
-            move_module(layer, self.device)
+            onload.move_module(layer, self.device)
         self.load_s += time.perf_counter() - t0
 
     def _to_host(self, layer: nn.Module) -> None:
         """Bring a layer computed on ``device`` back to the host, where it is written."""
         if self.device is not None:
-            from .onload import move_module
-            move_module(layer, torch.device("cpu"))
+            onload.move_module(layer, torch.device("cpu"))
 
     def release(self, i: int, layer: nn.Module) -> None:
         self._to_host(layer)
@@ -321,13 +320,8 @@ def stream_prune(model_dir: str | Path, calibration: Any, out: str | Path, metho
     from .model import prunable_weights, resolve_dtype
     from .run import StreamSink
     prune_options.setdefault("batch_tokens", 1)
-    from .allocation import is_uniform
-    if not is_uniform(prune_options.get("allocation")):
-        raise UserError("layer-wise sparsity allocation needs the whole model in memory: drop --allocation "
-                        "or --offload, or give layer_sparsity explicitly")
-    if prune_options.get("keep_stats"):
-        raise UserError("--keep-stats needs the whole model in memory (statistics are saved with the masks "
-                        "at the end): drop --keep-stats or --offload")
+    from .config import check_streaming
+    check_streaming(prune_options.get("allocation"), prune_options.get("keep_stats"))
     meth = get_method(method)
     compute = None if device is None else torch.device(device)
     dt = resolve_dtype(dtype, compute or torch.device("cpu"))
@@ -341,9 +335,9 @@ def stream_prune(model_dir: str | Path, calibration: Any, out: str | Path, metho
     from .model import find_layers
     n_layers = len(find_layers(model)[1])
     if compute is not None:
-        from .onload import place_streamed
-        prune_options["activation_device"] = place_streamed(model, compute, calibration, method, prune_options,
-                                                            activation_device, (act or dt).itemsize)
+        prune_options["activation_device"] = onload.place_streamed(model, compute, calibration, method,
+                                                                   prune_options, activation_device,
+                                                                   (act or dt).itemsize)
     io = LayerStreamer(model, path, ckpt, out, dt, n_layers, device=compute)
     if sink is None:
         sink = StreamSink(out, mask_metadata or {"method": method, "model": str(model_dir), "pattern": str(pattern),

@@ -133,5 +133,10 @@ def get_refiner(name: str) -> Refiner:
     return REFINERS.resolve(name)
 
 
+def stat_kinds(method: str, refine: str | None = None) -> frozenset:
+    """The statistics kinds a method and its refinement read (what the memory plan counts)."""
+    return frozenset(get_method(method).needs) | (get_refiner(refine).needs if refine else frozenset())
+
+
 __all__ = ["METHODS", "Method", "MethodResult", "REFINERS", "Refiner", "Spec", "get_method",
-           "get_refiner", "register", "register_refiner"]
+           "get_refiner", "register", "register_refiner", "stat_kinds"]
