@@ -6,9 +6,8 @@ import torch
 
 # the suite checks exact one-line errors: progress is off unless a test turns it on (make exports nothing here)
 os.environ["POLYPRUNE_PROGRESS"] = "0"
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# every test runs offline; set before any library reads them (tests/forked.py's server imports them once)
+os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -1,17 +1,17 @@
 """benchmarks/gpu.py runs end to end at a tiny size on the CPU (the GPU run itself is not a test)."""
 import json
-import subprocess
-import sys
 from pathlib import Path
+
+import forked
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.py"
 
 
 def test_gpu_benchmark_runs_tiny_on_cpu(tmp_path):
     out = tmp_path / "g.json"
-    r = subprocess.run([sys.executable, str(BENCH), "--device", "cpu", "--tiny", "--quick", "--methods", "wanda,sparsegpt",
-                        "--patterns", "unstructured,2:4", "--json", str(out)], capture_output=True, text=True,
-                       env={"POLYPRUNE_PROGRESS": "0", "PATH": "/usr/bin:/bin", **_pythonpath()})
+    r = forked.run([str(BENCH), "--device", "cpu", "--tiny", "--quick", "--methods", "wanda,sparsegpt", "--patterns",
+                    "unstructured,2:4", "--json", str(out)],
+                   env={"POLYPRUNE_PROGRESS": "0", "PATH": "/usr/bin:/bin", **_pythonpath()})
     assert r.returncode == 0, r.stderr[-2000:]
     rep = json.loads(out.read_text())
     assert [x["run"] for x in rep["runs"]] == ["wanda unstructured", "wanda 2:4", "sparsegpt unstructured",
@@ -24,8 +24,7 @@ def test_gpu_benchmark_runs_tiny_on_cpu(tmp_path):
 
 
 def test_gpu_benchmark_without_gpu_says_so():
-    r = subprocess.run([sys.executable, str(BENCH), "--device", "cuda", "--tiny"], capture_output=True, text=True,
-                       env={"PATH": "/usr/bin:/bin", **_pythonpath()})
+    r = forked.run([str(BENCH), "--device", "cuda", "--tiny"], env={"PATH": "/usr/bin:/bin", **_pythonpath()})
     import torch
     if not torch.cuda.is_available():
         assert r.returncode == 1 and "no CUDA device is visible; use --device cpu" in r.stderr

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import forked
 from polyprune.evaluate import evaluate
 from polyprune.evaluate.cloze import XNLI_TEMPLATE, classify
 from polyprune.evaluate.scoring import encode, grouped_logprobs, sequence_logprobs
@@ -227,15 +228,37 @@ def test_empty_test_set_is_bad_input(tiny, tokenizer, fake_data, tmp_path):
         evaluate(tiny("llama"), tokenizer, "xnli", ["fr"], data_dir=d)
 
 
+TWO_EVALS = """
+import sys
+from polyprune.cli import main
+model, out, *tasks = sys.argv[1:]
+for task in tasks:  # one process, so lm-eval indexes its tasks once
+    try:
+        main(["eval", model, "--task", task, "--out", out])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    print(f"@@ exit {code}", flush=True)
+"""
+
+
 def test_lm_eval_offline_is_one_line_exit_2(tiny_dir, tmp_path):
     """A hub-data lm-eval task offline, and an unknown task: one line each, exit 2, no traceback."""
     pytest.importorskip("lm_eval")
     import os
-    import subprocess
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "POLYPRUNE_PROGRESS": "0"}
-    for task, what in (("lm-eval:arc_easy", "allenai/ai2_arc comes from the Hugging Face hub, but HF_HUB_OFFLINE=1"),
-                       ("lm-eval:no_such_task_xyz", "'no_such_task_xyz' not found")):
-        r = subprocess.run([sys.executable, "-m", "polyprune", "eval", str(tiny_dir("llama")), "--task", task,
-                            "--out", str(tmp_path / "res")], capture_output=True, text=True, env=env)
-        lines = [x for x in (r.stdout + r.stderr).splitlines() if x.strip()]
-        assert r.returncode == 2 and len(lines) == 1 and what in lines[0], lines
+    cases = (("lm-eval:arc_easy", "allenai/ai2_arc comes from the Hugging Face hub, but HF_HUB_OFFLINE=1"),
+             ("lm-eval:no_such_task_xyz", "'no_such_task_xyz' not found"))
+    r = forked.run(["-c", TWO_EVALS, str(tiny_dir("llama")), str(tmp_path / "res"), *(t for t, _ in cases)],
+                   env=env, merge=True)  # stdout and stderr in order
+    assert r.returncode == 0, r.stdout
+    runs, lines = [], []
+    for line in r.stdout.splitlines():
+        if line.startswith("@@ exit "):
+            runs.append((line.removeprefix("@@ exit "), lines))
+            lines = []
+        elif line.strip():
+            lines.append(line)
+    assert len(runs) == len(cases), r.stdout
+    for (task, what), (code, lines) in zip(cases, runs):
+        assert code == "2" and len(lines) == 1 and what in lines[0], (task, code, lines)

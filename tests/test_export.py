@@ -3,19 +3,18 @@ polyprune import), logits compared with the run rebuilt from base × masks (× k
 archives cannot be loaded by mistake; packed masks; base-model hashes; bad input."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
+import forked
 from test_formats import make_run  # one run builder for both export suites
 from polyprune.errors import UserError
 from polyprune.formats import export_compressed
 
 IDS = [[2, 17, 40, 99, 123, 200, 5, 310, 77, 8]]
 
-# runs in a fresh interpreter with polyprune off the path: only transformers (+ compressed-tensors)
+# runs in its own process without polyprune: only transformers (+ compressed-tensors)
 LOADER = r"""
 import json, sys
 import torch
@@ -33,8 +32,7 @@ print("classes", sorted({type(m).__name__ for m in model.modules()}))
 def plain_transformers(folder, out):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    return subprocess.run([sys.executable, "-c", LOADER, str(folder), json.dumps(IDS), str(out)],
-                          capture_output=True, text=True, env=env, cwd=str(out.parent))
+    return forked.run(["-c", LOADER, str(folder), json.dumps(IDS), str(out)], env=env, cwd=str(out.parent))
 
 
 
@@ -142,8 +140,7 @@ def test_cli_export_prints_ratios_and_load_lines(tiny_dir, tmp_path):
 ])
 def test_cli_export_bad_input(tiny_dir, tmp_path, args, message):
     run = make_run(tiny_dir, tmp_path, "run", "wanda")
-    r = subprocess.run([sys.executable, "-m", "polyprune", "export", str(run), "--out", str(tmp_path / "x"), *args],
-                       capture_output=True, text=True)
+    r = forked.polyprune("export", str(run), "--out", str(tmp_path / "x"), *args)
     assert r.returncode == 2 and message in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert [p.name for p in tmp_path.iterdir() if p.name not in ("run", "cal.txt")] == []
@@ -260,9 +257,8 @@ def test_eval_reads_an_archive(tiny_dir, tmp_path, data_dir):
     export_compressed(run, tmp_path / "a", "sparse-bitmask")
     outs = []
     for target, out in ((tmp_path / "a", tmp_path / "ra"), (run, None)):
-        r = subprocess.run([sys.executable, "-m", "polyprune", "eval", str(target), "--task", "perplexity", "--lang",
-                            "fra_Latn", "--limit", "2", "--data-dir", str(data_dir)]
-                           + (["--out", str(out)] if out else []), capture_output=True, text=True)
+        r = forked.polyprune("eval", str(target), "--task", "perplexity", "--lang", "fra_Latn", "--limit", "2",
+                             "--data-dir", str(data_dir), *(["--out", str(out)] if out else []))
         assert r.returncode == 0, r.stderr[-2000:]
         outs.append(json.loads(((out or run / "results") / "perplexity.json").read_text())["primary"]["per_lang"])
     assert outs[0] == outs[1]  # the archive evaluates as the run it came from

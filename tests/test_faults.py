@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 
+import forked
 import polyprune as pp
 from polyprune import io as pio
 from polyprune.errors import UserError
@@ -47,9 +48,9 @@ def _env():
     return {**os.environ, "POLYPRUNE_PROGRESS": "0"}
 
 
-def spawn(*args, cwd=None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "polyprune", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=_env(), cwd=cwd)
+def spawn(*args, cwd=None) -> forked.Popen:
+    """``python -m polyprune ARGS`` in its own process (forked with torch imported: tests/forked.py)."""
+    return forked.Popen(["-m", "polyprune", *map(str, args)], env=_env(), cwd=cwd)
 
 
 def run_cli(*args, cwd=None) -> subprocess.CompletedProcess:
@@ -565,18 +566,34 @@ def _any_staging(out: Path) -> bool:
     return out.is_dir() and any(x.name.startswith(".") and ".tmp-" in x.name for x in out.iterdir())
 
 
-def _killed_then_rerun(args_for, out: Path, seeds, span: float, ref: dict):
-    """SIGKILL ``args_for(out)`` at seeded moments while it writes, then rerun with --force: same bytes."""
+def written(args_for, out: Path) -> float:
+    """Run ``args_for(out)``; the seconds from its staging folder's appearance to its exit: the
+    window the kills below aim into."""
+    p = spawn(*args_for(out))
+    wait_for(_staging(out.parent, out.name), proc=p)
+    t0 = time.time()
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err
+    return time.time() - t0
+
+
+def _killed_then_rerun(args_for, out: Path, seeds, window: float, ref: dict):
+    """SIGKILL ``args_for(out)`` at seeded moments while it writes (within the first 3/4 of the
+    reference run's ``window``), then rerun with --force: the same bytes. The first kill hits a new
+    folder, later ones a --force replacement of the finished one."""
+    killed = 0
     for seed in seeds:
         rng = random.Random(seed)
-        p = spawn(*args_for(out))
-        kill_at(p, rng, _staging(out.parent, out.name), span)
+        p = spawn(*args_for(out), *(["--force"] if out.exists() else []))
+        kill_at(p, rng, _staging(out.parent, out.name), 0.75 * window)
+        killed += p.returncode == -signal.SIGKILL
         if out.exists():  # killed after the rename: what is there is complete
             assert tree(out) == ref
         r = run_cli(*args_for(out), "--force")
         assert r.returncode == 0, r.stderr
         assert tree(out) == ref
         assert dot_entries(out.parent) == [], dot_entries(out.parent)
+    assert killed, "every process finished before its kill moment"
 
 
 @pytest.fixture(scope="module")
@@ -586,15 +603,12 @@ def ref_run(tiny_dir, calfile, tmp_path_factory):
     def args(out):
         return ("prune", "--model", tiny_dir("llama"), "--calibration-file", calfile, "--nsamples", "8",
                 "--seqlen", "32", "--method", "sparsegpt", "--seed", "3", "--out", out)
-    t0 = time.time()
-    r = run_cli(*args(d / "run"))
-    assert r.returncode == 0, r.stderr
-    return args, d / "run", time.time() - t0
+    return args, d / "run", written(args, d / "run")
 
 
 def test_sigkill_prune_at_seeded_moments_then_rerun_is_byte_identical(ref_run, tmp_path):
-    args, ref_dir, _ = ref_run
-    _killed_then_rerun(args, tmp_path / "run", seeds=seeds(2), span=1.0, ref=tree(ref_dir))
+    args, ref_dir, window = ref_run
+    _killed_then_rerun(args, tmp_path / "run", seeds=seeds(2), window=window, ref=tree(ref_dir))
 
 
 def test_sigkill_export_at_seeded_moments_then_rerun_is_byte_identical(ref_run, tmp_path):
@@ -602,12 +616,11 @@ def test_sigkill_export_at_seeded_moments_then_rerun_is_byte_identical(ref_run, 
 
     def args(out):
         return ("export", run, "--format", "sparse-bitmask", "--out", out)
-    r = run_cli(*args(tmp_path / "ref"))
-    assert r.returncode == 0, r.stderr
+    window = written(args, tmp_path / "ref")
     # the model card and report name the export folder (its load lines): the same bytes up to that name
     ref = {k: v.replace(str(tmp_path / "ref").encode(), str(tmp_path / "exp").encode())
            for k, v in tree(tmp_path / "ref").items()}
-    _killed_then_rerun(args, tmp_path / "exp", seeds=seeds(1), span=0.5, ref=ref)
+    _killed_then_rerun(args, tmp_path / "exp", seeds=seeds(2), window=window, ref=ref)
 
 
 def test_sigkill_apply_at_seeded_moments_then_rerun_is_byte_identical(ref_run, tmp_path):
@@ -615,9 +628,8 @@ def test_sigkill_apply_at_seeded_moments_then_rerun_is_byte_identical(ref_run, t
 
     def args(out):
         return ("apply", "--masks", run, "--out", out)
-    r = run_cli(*args(tmp_path / "ref"))
-    assert r.returncode == 0, r.stderr
-    _killed_then_rerun(args, tmp_path / "app", seeds=seeds(1), span=0.5, ref=tree(tmp_path / "ref"))
+    window = written(args, tmp_path / "ref")
+    _killed_then_rerun(args, tmp_path / "app", seeds=seeds(2), window=window, ref=tree(tmp_path / "ref"))
 
 
 def test_grid_sigkilled_at_five_moments_resumes_byte_identical_without_recomputing(tiny_dir, calfile, tmp_path,

@@ -4,13 +4,12 @@ two gloo processes."""
 import json
 import os
 import socket
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
 
+import forked
 import polyprune as pp
 from polyprune.errors import UserError
 from polyprune.onload import Onloader, check_device, check_dtype, place
@@ -157,8 +156,8 @@ def test_gpu_too_small_for_one_layer_says_how_much_is_needed(tiny, monkeypatch):
 def test_cli_device_cuda_without_gpu_exits_2(tiny_dir, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible")
-    r = subprocess.run([sys.executable, "-m", "polyprune", "prune", "--model", str(tiny_dir("llama")), "--method",
-                        "magnitude", "--device", "cuda", "--out", str(tmp_path / "r")], capture_output=True, text=True)
+    r = forked.polyprune("prune", "--model", str(tiny_dir("llama")), "--method", "magnitude", "--device", "cuda",
+                         "--out", str(tmp_path / "r"))
     assert r.returncode == 2, r.stderr
     assert "no CUDA device is visible; use --device cpu" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
@@ -192,15 +191,15 @@ def _free_port() -> int:
 
 
 def _launch(script, args, n, tmp_path, rank_args=None, env_extra=None):
-    """``n`` ranks of ``python script args`` (plus ``rank_args[r]`` on rank r) as torchrun starts them."""
+    """``n`` ranks of ``python script args`` (plus ``rank_args[r]`` on rank r) as torchrun starts them
+    (its environment variables), each its own process (tests/forked.py)."""
     port = _free_port()
     procs = []
     for r in range(n):
         env = {**os.environ, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(n), "MASTER_ADDR": "127.0.0.1",
                "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1", "POLYPRUNE_PROGRESS": "0", **(env_extra or {})}
         extra = (rank_args or {}).get(r, [])
-        procs.append(subprocess.Popen([sys.executable, *script, *args, *extra], env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True, cwd=tmp_path))
+        procs.append(forked.Popen([*script, *args, *extra], env=env, cwd=tmp_path))
     return [(p.wait(timeout=600), *p.communicate()) for p in procs]
 
 
@@ -232,8 +231,7 @@ def test_torchrun_cli_run_equals_single_process_run(tmp_path, tiny_dir):
     results = _launch(["-m", "polyprune", "prune"], [*args, "--out", str(tmp_path / "two")], 2, text)
     assert all(rc == 0 for rc, _, _ in results), results[0][2][-2000:]
     assert "achieved sparsity" in results[0][1] and "achieved sparsity" not in results[1][1]  # rank 0 reports
-    one = subprocess.run([sys.executable, "-m", "polyprune", "prune", *args, "--out", str(tmp_path / "one")],
-                         capture_output=True, text=True, env={**os.environ, "POLYPRUNE_PROGRESS": "0"})
+    one = forked.polyprune("prune", *args, "--out", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr[-2000:]
     a, b = pp.load_masks(tmp_path / "two"), pp.load_masks(tmp_path / "one")
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in b)
@@ -275,8 +273,8 @@ def _write(path, text):
 def test_distributed_init_failure_is_one_clear_error(tiny_dir, tmp_path):
     env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": "not-a-port", "POLYPRUNE_PROGRESS": "0"}
-    r = subprocess.run([sys.executable, "-m", "polyprune", "prune", "--model", str(tiny_dir("llama")), "--method",
-                        "magnitude", "--out", str(tmp_path / "r")], capture_output=True, text=True, env=env, timeout=300)
+    r = forked.run(["-m", "polyprune", "prune", "--model", str(tiny_dir("llama")), "--method", "magnitude", "--out",
+                    str(tmp_path / "r")], env=env, timeout=300)
     assert r.returncode == 2, r.stderr[-2000:]
     assert "torch.distributed (gloo) initialisation failed" in r.stderr and "torchrun" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import forked
 from polyprune.errors import UserError
 from polyprune.grid import (Cell, canonical_hash, execute_cell, grid_from_dict, is_done, load_grid, run_grid)
 
@@ -123,8 +124,7 @@ def test_cli_bad_grid_exits_2_and_starts_nothing(tmp_path):
     p = tmp_path / "g.yaml"
     p.write_text("axes: {methods: [magnitude], sparsities: [0.5]}\nresources: {cpus: 2}\n")
     out = tmp_path / "runs"
-    r = subprocess.run([sys.executable, "-m", "polyprune", "run", str(p), "--out", str(out)],
-                       capture_output=True, text=True, env={**os.environ, "POLYPRUNE_PROGRESS": "0"})
+    r = forked.polyprune("run", str(p), "--out", str(out))
     assert r.returncode == 2
     assert "unknown key 'resources.cpus'" in r.stderr and "num_cpus" in r.stderr
     assert not out.exists()
@@ -217,7 +217,12 @@ def test_kill_9_of_a_cell_process_then_resume(tmp_path, tiny_dir, cal_file):
     runner.start()
     try:  # the second cell runs in a subprocess: kill -9 it half-way (its temp folder exists)
         _wait_for(lambda: list(out.glob(f".{second.dirname}.tmp-*")))
-        kids = psutil.Process(os.getpid()).children(recursive=True)
+        def is_cell(k):  # the cell's process, not tests/forked.py's server
+            try:
+                return k.cmdline()[1:3] == ["-m", "polyprune.grid"]
+            except psutil.Error:
+                return False
+        kids = [k for k in psutil.Process(os.getpid()).children(recursive=True) if is_cell(k)]
         assert kids
         for k in kids:
             os.kill(k.pid, signal.SIGKILL)

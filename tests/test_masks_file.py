@@ -2,14 +2,13 @@
 layout still read, damaged or foreign masks refused; the base model's hash recorded and checked."""
 import json
 import logging
-import subprocess
-import sys
 
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+import forked
 from polyprune.errors import UserError
 from polyprune.masks import load_masks, mask_metadata, pack_bits, save_masks, unpack_bits
 
@@ -142,8 +141,7 @@ def test_base_hash_recorded_checked_and_optional(tiny_dir, tmp_path, caplog):
     sd = load_file(str(base / "model.safetensors"))
     sd["model.norm.weight"] = sd["model.norm.weight"] * 2
     save_file(sd, str(base / "model.safetensors"), metadata={"format": "pt"})
-    r = subprocess.run([sys.executable, "-m", "polyprune", "eval", str(run), "--task", "perplexity", "--lang",
-                        "fra_Latn"], capture_output=True, text=True)
+    r = forked.polyprune("eval", str(run), "--task", "perplexity", "--lang", "fra_Latn")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert f"has hash {base_hash(base)} but {run} was pruned from {want}" in r.stderr
     with pytest.raises(UserError, match="was pruned from"):

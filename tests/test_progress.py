@@ -2,12 +2,10 @@
 import logging
 import os
 import re
-import subprocess
-import sys
 import time
 
-import pytest
 
+import forked
 from polyprune import progress
 
 LINE = re.compile(r"(?P<desc>.+): (?P<done>\d+)/(?P<total>\d+) \((?P<pct>\d+)%\) · elapsed \S+ · ETA \S+")
@@ -55,12 +53,10 @@ def test_prune_to_a_log_file_prints_layer_progress(tiny_dir, tmp_path):
     cal = tmp_path / "cal.txt"
     cal.write_text("The committee met on Tuesday to discuss the budget. " * 80, encoding="utf-8")
     env = {**os.environ, "POLYPRUNE_PROGRESS": "1", "POLYPRUNE_PROGRESS_INTERVAL": "0.001"}
-    log = tmp_path / "log"
-    with open(log, "w") as f:
-        r = subprocess.run([sys.executable, "-m", "polyprune", "prune", "--model", str(tiny_dir("llama")),
-                            "--method", "wanda", "--calibration-file", str(cal), "--nsamples", "2", "--seqlen", "16",
-                            "--out", str(tmp_path / "run")], stdout=f, stderr=subprocess.STDOUT, env=env)
-    text = log.read_text()
+    r = forked.run(["-m", "polyprune", "prune", "--model", str(tiny_dir("llama")), "--method", "wanda",
+                    "--calibration-file", str(cal), "--nsamples", "2", "--seqlen", "16", "--out", str(tmp_path / "run")],
+                   env=env, merge=True)  # stdout and stderr into one file, as `> log 2>&1`
+    text = r.stdout
     assert r.returncode == 0, text
     prog = [LINE.search(x) for x in text.splitlines()]
     prog = [m for m in prog if m]

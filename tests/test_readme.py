@@ -16,11 +16,9 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
+import forked
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"--nsamples": "4", "--seqlen": "16", "--limit": "3", "--nsentences": "4"}
@@ -95,9 +93,7 @@ def test_readme_walkthrough_runs_offline(tmp_path, data_dir, tiny_dir, monkeypat
             "            raise\n")
     # one process for the whole walkthrough: the same code path as the entry point, one import of torch
     script = "\n".join(shlex.join(small(c, model)) for c in cmds)
-    r = subprocess.run([sys.executable, "-c", code], input=script,
-                       capture_output=True, text=True, cwd=work, env={**env, "PYTHONPATH": os.pathsep.join(
-                           [str(ROOT / "src"), env.get("PYTHONPATH", "")])})
+    r = forked.run(["-c", code], input=script, cwd=work, env=env)
     assert r.returncode == 0, (r.stdout + r.stderr)[-6000:]
     runs = work / "runs"
     for name in ("w50", "sg-fr-en", "w-en", "w-sw", "w-de-en", "prog", "owl"):
