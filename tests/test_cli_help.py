@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from polyprune.cli import app
 import polyprune.commands  # noqa: F401  (registers the sub-commands)
-from polyprune.commands.listing import entries
-from polyprune.registry import first_line as first_sentence
+from polyprune.commands.listing import REGISTRIES, entries
+from polyprune.registry import declared, first_line as first_sentence
 
 runner = CliRunner()
 
@@ -87,6 +87,25 @@ def test_help_shows_full_choice_lists(cmd, option, kind):
     names = _registry_names()[kind] - {"uniform"} if kind == "allocations" else _registry_names()[kind]
     missing = [n for n in names if n.replace("<name>", "<") not in help_text]
     assert not missing, (cmd, option, missing)
+
+
+@pytest.mark.parametrize("kind", sorted(REGISTRIES))
+def test_help_choice_lists_read_from_source_equal_the_loaded_registries(kind):
+    """``--help`` names come from the registering source (no torch import): they must be exactly the
+    names the loaded registry has, or a registration registry.declared cannot read went unnoticed."""
+    _, _, source, fn = REGISTRIES[kind]
+    assert declared(source, fn) == sorted(_registry_names()[kind] - {"uniform", "lm-eval:<name>"} |
+                                          ({"lm-eval"} if kind == "tasks" else set()))
+
+
+def test_declared_reads_names_and_entries_from_source(tmp_path, monkeypatch):
+    (tmp_path / "plug").mkdir()
+    (tmp_path / "plug" / "__init__.py").write_text("")
+    (tmp_path / "plug" / "a.py").write_text("@reg('x', needs=1)\ndef f(): pass\nreg(Entry('y', 2))\n"
+                                            "other.reg('not-me')\nreg(name)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert declared("plug", "reg") == ["x", "y"] and declared("plug.a", "reg") == ["x", "y"]
+    assert declared("no_such_module_xyz", "reg") == []
 
 
 def test_help_has_no_type_placeholders():

@@ -170,6 +170,26 @@ def test_lm_eval_bridge_local_task(tiny, tokenizer, tmp_path):
         assert e["prediction"] == max(range(3), key=lambda j: scores[j])
 
 
+def test_lm_eval_local_task_uses_its_folders_index_once_per_process(tmp_path):
+    """A task defined in include=DIR is found through that folder's index alone (lm-eval's full index
+    takes seconds); a group there needs the full one; an edited YAML is indexed again."""
+    pytest.importorskip("lm_eval")
+    from types import SimpleNamespace
+    from polyprune.evaluate.lm_eval_bridge import _is_plain_task, _manager, _task_manager, local_task_yaml
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"q": "a", "choices": [" b", " c"], "gold": 0}) + "\n")
+    inc = tmp_path / "tasks"
+    local_task_yaml(inc, "my_local", data, "{{q}}", "{{choices}}", "{{gold}}")
+    (inc / "grp.yaml").write_text("group: my_group\ntask: [my_local]\n")
+    tm = _manager(SimpleNamespace(options={"include": str(inc)}), "my_local")
+    assert set(tm.all_tasks) == {"my_local", "my_group"}  # no bundled task: the folder's index only
+    assert tm is _manager(SimpleNamespace(options={"include": str(inc)}), "my_local")
+    assert _is_plain_task(tm, "my_local") and not _is_plain_task(tm, "my_group") and not _is_plain_task(tm, "x")
+    (inc / "grp.yaml").write_text("group: my_group2\ntask: [my_local]\n")
+    again = _task_manager(str(inc.resolve()), False)
+    assert again is not tm and "my_group2" in again.all_tasks
+
+
 def _cli(capsys, monkeypatch, *args):
     """Run the CLI in-process: (exit code, stderr)."""
     from polyprune.cli import main

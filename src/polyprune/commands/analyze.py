@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from ..cli import app, examples
+from .listing import choices
 
 
 @app.command(epilog=examples(
@@ -16,9 +17,9 @@ from ..cli import app, examples
     "polyprune analyze runs/w50 --what restoration --restore first,last --nsentences 16"))
 def analyze(
     runs: list[Path] = typer.Argument(..., help="Run folder(s) written by `polyprune prune`."),
-    what: list[str] = typer.Option(..., "--what", "-w", help="Analyses: magnitudes (needs runs "
-                                   "pruned with --keep-stats), mask_iou (2+ runs), snr, lsar, lape, restoration, or "
-                                   "all; repeat or comma-separate (`polyprune list analyses`)."),
+    what: list[str] = typer.Option(..., "--what", "-w", help=f"Analyses: {choices('analyses')}, or all; repeat or "
+                                   "comma-separate (`polyprune list analyses`; magnitudes needs runs pruned with "
+                                   "--keep-stats, mask_iou 2+ runs)."),
     lang: Optional[list[str]] = typer.Option(None, "--lang", help="Evaluation languages (default: the runs' "
                                              "calibration languages); repeat or comma-separate."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (required for several runs)."),

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from ..cli import app, examples
+from .listing import choices
 from .prune import parse_options, split_langs
 
 log = logging.getLogger(__name__)
@@ -28,9 +29,8 @@ def deprecated_lm_eval_task(task: str, name: str) -> str:
     "polyprune eval runs/w50 --task lm-eval:arc_easy --limit 50   # hub data: needs network"))
 def eval_cmd(
     target: str = typer.Argument(..., help="Run folder (results go to RUN/results/) or model (needs --out)."),
-    task: str = typer.Option(..., "--task", "-t", help="perplexity, translation, xnli, marc, rankc, "
-                                                       "or lm-eval:<name> for any lm-eval task; append -lrp2 for "
-                                                       "the LRP2 baseline (e.g. xnli-lrp2). `polyprune list tasks`."),
+    task: str = typer.Option(..., "--task", "-t", help=f"{choices('tasks')}; append -lrp2 for the LRP2 baseline "
+                                                       "(e.g. xnli-lrp2). `polyprune list tasks`."),
     lang: Optional[list[str]] = typer.Option(None, "--lang", "-l", help="Language(s), FLORES or ISO codes; "
                                                                         "repeat or comma-separate (default: the task's)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Examples per language (default: all)."),

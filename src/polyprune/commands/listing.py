@@ -6,6 +6,7 @@ from enum import Enum
 import typer
 
 from ..cli import app, examples
+from ..registry import declared
 
 
 class Kind(str, Enum):
@@ -19,10 +20,26 @@ class Kind(str, Enum):
     formats = "formats"
 
 
-# kind -> (module, registry): imported only for the kind asked for (``--help`` stays fast)
-REGISTRIES = {"methods": ("polyprune.methods", "METHODS"), "refinements": ("polyprune.methods", "REFINERS"),
-              "recipes": ("polyprune.calibration", "RECIPES"), "tasks": ("polyprune.evaluate", "TASKS"),
-              "analyses": ("polyprune.analysis", "ANALYSES"), "allocations": ("polyprune.allocation", "ALLOCATIONS")}
+# kind -> (module, registry, where its entries are registered, with which function): the registry is
+# imported only for the kind asked for, and --help reads the names from the source (``--help`` stays fast)
+REGISTRIES = {"methods": ("polyprune.methods", "METHODS", "polyprune.methods", "register"),
+              "refinements": ("polyprune.methods", "REFINERS", "polyprune.methods", "register_refiner"),
+              "recipes": ("polyprune.calibration", "RECIPES", "polyprune.calibrations", "register_recipe"),
+              "tasks": ("polyprune.evaluate", "TASKS", "polyprune.evaluate", "register"),
+              "analyses": ("polyprune.analysis", "ANALYSES", "polyprune.analysis", "register_analysis"),
+              "allocations": ("polyprune.allocation", "ALLOCATIONS", "polyprune.allocation", "register_allocation")}
+
+
+def choices(kind: str) -> str:
+    """The registered names of ``kind`` for an option's help, without importing the registry
+    (``registry.declared``; a test holds them equal to the loaded registry)."""
+    _, _, source, fn = REGISTRIES[kind]
+    names = declared(source, fn)
+    if kind == "tasks":
+        return ", ".join(n for n in names if n != "lm-eval") + ", or lm-eval:<name> for any lm-eval task"
+    if kind == "allocations":
+        return ", ".join(["uniform (default)", *names])
+    return ", ".join(names)
 
 _FORMAT_HELP = {
     "auto": "dense for a run that is not quantised, pack-quantized for a quantised one (alias compressed-tensors)",
@@ -43,7 +60,7 @@ def _format_help() -> dict[str, str]:
 def entries(kind: str) -> list[tuple[str, str]]:
     """``(name, one line of help)`` for every registered ``kind``, sorted by name."""
     if kind in REGISTRIES:
-        module, attr = REGISTRIES[kind]
+        module, attr, _, _ = REGISTRIES[kind]
         import importlib
         reg = getattr(importlib.import_module(module), attr)
         rows = reg.describe()

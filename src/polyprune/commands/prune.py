@@ -11,6 +11,7 @@ import typer
 from ..cli import app, examples
 from ..config import CalibrationConfig, field_default, field_help
 from ..errors import UserError
+from .listing import choices
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +42,12 @@ def split_langs(values: list[str] | None) -> list[str]:
     "--out runs/w-sw"))
 def prune(
     model: str = typer.Option(field_default("model"), "--model", "-m", help=field_help("model")),
-    method: str = typer.Option(field_default("method"), help="Pruning method: magnitude, random, wanda, wanda-contrastive, "
-                                             "lang-wanda, ria, sparsegpt, gptq, sparsegpt-gptq "
-                                             "(`polyprune list methods`)."),
+    method: str = typer.Option(field_default("method"),
+                               help=f"Pruning method: {choices('methods')} (`polyprune list methods`)."),
     sparsity: float = typer.Option(field_default("sparsity"), help=field_help("sparsity")),
     pattern: str = typer.Option(field_default("pattern"), help=field_help("pattern")),
-    calibration: Optional[str] = typer.Option(None, "--calibration", help="Calibration recipe: translation, "
-                                               "monolingual, text, mix, code, mbs (`polyprune list recipes`); or "
-                                               "--calibration-file."),
+    calibration: Optional[str] = typer.Option(None, "--calibration", help=f"Calibration recipe: {choices('recipes')} "
+                                              "(`polyprune list recipes`); or --calibration-file."),
     lang: Optional[list[str]] = typer.Option(None, "--lang", help="Calibration language(s), FLORES or ISO codes "
                                               "(`polyprune list languages`); repeat or comma-separate."),
     target_lang: Optional[str] = typer.Option(None, "--target-lang", help="Target language of translation demonstrations "
@@ -70,14 +69,14 @@ def prune(
     keep_dense_layers: Optional[str] = typer.Option(None, "--keep-dense-layers", help="Layers left dense, e.g. 0,-1."),
     non_sequential: bool = typer.Option(False, "--non-sequential", help="All statistics from the dense model."),
     count_pads: bool = typer.Option(field_default("count_pads"), "--count-pads", help=field_help("count_pads")),
-    allocation: Optional[str] = typer.Option(None, help="Layer-wise sparsity allocation: uniform (default), owl, "
-                                                        "lang-corr (`polyprune list allocations`)."),
+    allocation: Optional[str] = typer.Option(None, help=f"Layer-wise sparsity allocation: {choices('allocations')} "
+                                                        "(`polyprune list allocations`)."),
     option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="Method option key=value "
                                              "(repeatable), e.g. -o scope=row."),
     allocation_option: Optional[list[str]] = typer.Option(None, "--allocation-option", help="Allocation option key=value "
                                                         "(repeatable), e.g. m=5."),
-    refine: Optional[str] = typer.Option(None, "--refine", help="Mask refinement after the method: dsnot "
-                                              "(`polyprune list refinements`)."),
+    refine: Optional[str] = typer.Option(None, "--refine", help=f"Mask refinement after the method: "
+                                         f"{choices('refinements')} (`polyprune list refinements`)."),
     refine_option: Optional[list[str]] = typer.Option(None, "--refine-option", help="Refinement option key=value (repeatable)."),
     keep_stats: bool = typer.Option(False, "--keep-stats", help="Keep the input statistics in the run "
                                            "(stats.safetensors); `analyze --what magnitudes` needs them."),
