@@ -5,6 +5,7 @@ import json
 import os
 import socket
 import textwrap
+import time
 
 import pytest
 import torch
@@ -327,6 +328,47 @@ def test_write_failure_on_rank_0_fails_every_rank(tmp_path, tiny_dir):
     assert rc0 == 2 and "No space left on device" in err0, err0[-2000:]
     assert rc1 == 2, err1[-2000:]
     assert err1.strip().splitlines() == ["error: rank 0 failed: " + err0.strip().removeprefix("error: ")]
+    assert not (tmp_path / "r").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".r.")]
+
+
+FAILING_LAYER = textwrap.dedent("""
+    import os, sys
+    from polyprune import collect, engine
+    from polyprune.errors import UserError
+    where = sys.argv.pop(1)
+    if os.environ["RANK"] == "1" and where == "mid-walk":  # rank 1 runs out of memory after layer 0
+        def propagate(*a, **k):
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        collect.propagate = propagate
+    if os.environ["RANK"] == "1" and where == "last-layer":  # rank 1 fails on the last matrix it prunes
+        real, calls = engine.prune_matrix, []
+        def prune_matrix(*a, **k):
+            calls.append(1)
+            if len(calls) == 14:  # 2 layers x 7 matrices of the tiny llama
+                raise UserError("the last matrix failed on rank 1")
+            return real(*a, **k)
+        engine.prune_matrix = prune_matrix
+    from polyprune.cli import main
+    main(sys.argv[1:])
+""")
+
+
+@pytest.mark.parametrize("where", ["mid-walk", "last-layer"])
+def test_failure_inside_the_layer_walk_on_one_rank_stops_every_rank_at_once(tmp_path, tiny_dir, where):
+    """Rank 1 fails while the other rank is at its next exchange (the next layer's statistics, or the
+    end of the pruning phase): rank 0 stops there with rank 1's line, long before the timeout."""
+    (tmp_path / "f.py").write_text(FAILING_LAYER)
+    t0 = time.time()
+    (rc0, _, err0), (rc1, _, err1) = _launch(["f.py", where, "prune"], _prune_args(tmp_path, tiny_dir), 2, tmp_path,
+                                             env_extra={"POLYPRUNE_DIST_TIMEOUT_S": "300"})
+    assert time.time() - t0 < 120  # not the 300 s timeout
+    if where == "mid-walk":  # not bad input: rank 1 keeps its traceback, rank 0 names it
+        assert rc1 == 1 and err1.strip().splitlines()[-1] == "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
+        assert rc0 == 2 and err0.strip().splitlines() == [
+            "error: rank 1 failed: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"], err0[-2000:]
+    else:
+        assert rc0 == rc1 == 2, (err0[-2000:], err1[-2000:])
+        assert err0.strip().splitlines() == err1.strip().splitlines() == ["error: the last matrix failed on rank 1"]
     assert not (tmp_path / "r").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".r.")]
 
 

@@ -10,10 +10,13 @@ single-process ones up to float rounding at ties (measured in tests/test_gpu_eng
 NCCL on GPUs, gloo on the CPU; only rank 0 writes the run folder.
 
 A failure on one rank must not leave the others waiting in their next collective: the phases of a
-run (calibration, model loading, rank 0's write) end in :func:`all_or_none`, one exchange in which
-every rank learns whether any rank failed, and on a failure every rank stops with the first failing
-rank's line (exit 2). A failure inside the layer walk on one rank only (e.g. out of GPU memory) ends
-the others at the process group's timeout: ``POLYPRUNE_DIST_TIMEOUT_S`` seconds (default 600).
+run (calibration, model loading, pruning, rank 0's write) end in :func:`all_or_none`, one exchange
+in which every rank learns whether any rank failed, and on a failure every rank stops with the first
+failing rank's line (exit 2). Inside the layer walk, each layer's first exchange (the statistics'
+counts, :func:`gather`) is such an agreement point too: a rank that fails in a layer (e.g. out of
+GPU memory) sends its line where the others send their counts, so they stop at once instead of at
+the process group's timeout (``POLYPRUNE_DIST_TIMEOUT_S`` seconds, default 600, which remains for a
+rank that dies without a word).
 """
 from __future__ import annotations
 
@@ -122,19 +125,43 @@ def _line(e: BaseException) -> str:
     return f"rank {rank()} failed: {what}"
 
 
+# every exchange of a multi-process run is one all_gather_object of (tag, value): a rank that failed
+# sends its line wherever the others are, and each of them reads it as a failure
+_OK, _FAILED = "ok", "failed"
+
+
+def _exchange(tag: str, value) -> list[tuple[str, object]]:
+    import torch.distributed as dist
+    everyone: list = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, (tag, value))
+    return everyone
+
+
+def _failures(everyone) -> list[tuple[int, str]]:
+    return [(r, value) for r, (tag, value) in enumerate(everyone) if tag == _FAILED]
+
+
+def gather(value) -> list:
+    """``value`` of every rank, in rank order (one exchange), or :class:`AgreedError` when a rank
+    sent its failure line instead (:func:`agree`): an agreement point inside the layer walk."""
+    everyone = _exchange(_OK, value)
+    failed = _failures(everyone)
+    if failed:
+        log.debug("rank %d stops: rank %d failed", rank(), failed[0][0])
+        raise AgreedError(failed[0][1])
+    return [v for _, v in everyone]
+
+
 def agree(error: BaseException | None) -> None:
     """One exchange between all ranks: returns when no rank failed; otherwise every rank raises
     :class:`AgreedError` with the first failing rank's line, except that a rank whose own failure is
-    not bad input re-raises it (its traceback or OS-error line kept). In a single process it only
-    re-raises ``error``."""
+    not bad input re-raises it (its traceback or OS-error line kept). It meets the others at their
+    next exchange, an agreement or a :func:`gather`. In a single process it only re-raises ``error``."""
     if not active():
         if error is not None:
             raise error
         return
-    import torch.distributed as dist
-    lines: list = [None] * dist.get_world_size()
-    dist.all_gather_object(lines, None if error is None else _line(error))
-    failed = [(r, line) for r, line in enumerate(lines) if line is not None]
+    failed = _failures(_exchange(_OK, None) if error is None else _exchange(_FAILED, _line(error)))
     if not failed:
         return
     if error is not None and not isinstance(error, UserError):
@@ -184,8 +211,7 @@ def reduce_stats(stats: dict) -> None:
         return
     items = [(m, s, ms) for m, sets in stats.items() for s, ms in sets.items()]
     meta = [(ms.nsamples, ms.ntokens, dict(ms.lang_tokens)) for _, _, ms in items]
-    everyone: list = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, meta)  # counts and language tags of every rank (one exchange per layer)
+    everyone = gather(meta)  # counts and language tags of every rank: one exchange per layer, an agreement point
     for k, (_, _, ms) in enumerate(items):
         per_rank = [m[k] for m in everyone]
         n_all = sum(p[0] for p in per_rank)

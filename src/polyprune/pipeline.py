@@ -129,7 +129,8 @@ def run_prune(cfg: RunConfig, out: str | Path, force: bool = False) -> Path:
             with distributed.all_or_none():
                 model, tok = load_model(cfg.model, dtype, "cpu", tokenizer=tok)  # placed on the device below
                 placement = place_for_config(model, cal, cfg, device)
-            result = prune_with_config(model, cal, cfg, **placement)
+            with distributed.all_or_none():  # a failure in the layer walk's last layer meets the others here
+                result = prune_with_config(model, cal, cfg, **placement)
             if rank0:
                 RunWriter(tmp, cfg).finish(result, cal, tok, model)
     if not rank0:
