@@ -132,6 +132,26 @@ def test_magnitude_needs_no_calibration(tiny_dir, tmp_path, cli):
     assert rec["achieved_sparsity"] == 0.5 and rec["calibration"] is None
 
 
+def test_keep_stats_with_a_data_free_method(tiny_dir, calfile, tmp_path, cli):
+    """--keep-stats reads the calibration even for magnitude (the statistics come from it): the masks
+    are magnitude's, stats.safetensors is there; without calibration data one line names --keep-stats."""
+    base = ["prune", "--model", tiny_dir("llama"), "--method", "magnitude"]
+    r = cli(*base, "--keep-stats", "--out", tmp_path / "none")
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: prune: --keep-stats needs calibration data: give --calibration-file FILE or --calibration RECIPE "
+        "--lang CODE"], r.stderr
+    assert not (tmp_path / "none").exists()
+    cal = ["--calibration-file", calfile, "--nsamples", "2", "--seqlen", "16"]
+    assert cli(*base, *cal, "--keep-stats", "--out", tmp_path / "ks").returncode == 0
+    assert cli(*base, "--out", tmp_path / "plain").returncode == 0
+    a, b = pp.load_masks(tmp_path / "ks"), pp.load_masks(tmp_path / "plain")
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "ks" / "stats.safetensors"), "pt") as f:
+        assert any(k.endswith("scaler_row") or "sqnorm" in k for k in f.keys()), list(f.keys())[:5]
+    assert json.loads((tmp_path / "ks" / "record.json").read_text())["calibration"]["samples"] == 2
+
+
 def test_calibration_errors_come_before_the_weights_load(tiny_dir, tmp_path, cli, monkeypatch):
     """A bad calibration (unknown language / no local data) fails before any weight is read."""
     import transformers

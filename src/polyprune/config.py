@@ -167,10 +167,10 @@ def check_run(method: str, sparsity: float | None, pattern: str, method_options:
     return filled
 
 
-def check_calibration(cc: CalibrationConfig, method: str, needs_data: bool = False) -> None:
+def check_calibration(cc: CalibrationConfig, method: str, needs_data: str | bool | None = None) -> None:
     """The rules between a method and its calibration settings: a file or a recipe (not both), a
     contrast set exactly when the method compares against one, some data when the method (or
-    ``needs_data``: a data-driven allocation, kept statistics) uses it."""
+    ``needs_data``, what else reads it: kept statistics, a data-driven allocation) uses it."""
     from .methods import get_method
     meth = get_method(method)
     if cc.file and cc.recipe:
@@ -182,18 +182,22 @@ def check_calibration(cc: CalibrationConfig, method: str, needs_data: bool = Fal
     if not (meth.needs or needs_data):
         return
     if not (cc.file or cc.recipe):
-        raise UserError(f"method {method!r} needs calibration data: give --calibration-file FILE or "
+        who = needs_data if isinstance(needs_data, str) and not meth.needs else f"method {method!r}"
+        raise UserError(f"{who} needs calibration data: give --calibration-file FILE or "
                         f"--calibration RECIPE --lang CODE")
     if "contrast" in meth.sets and not has_contrast:
         raise UserError(f"method {method!r} needs a contrast set: give --contrast code or --contrast-lang CODE")
 
 
-def needs_data(cfg: RunConfig) -> bool:
-    """A run that reads calibration data although its method may not: a data-driven allocation."""
+def needs_data(cfg: RunConfig) -> str | None:
+    """What makes a run read calibration data although its method may not (``None``: nothing):
+    kept statistics, or a data-driven allocation."""
+    if cfg.keep_stats:
+        return "--keep-stats"
     if cfg.uniform:
-        return False
+        return None
     from .allocation import get_allocation
-    return get_allocation(cfg.allocation).needs_calibration
+    return f"allocation {cfg.allocation!r}" if get_allocation(cfg.allocation).needs_calibration else None
 
 
 def check_config(cfg: RunConfig) -> None:
@@ -201,7 +205,7 @@ def check_config(cfg: RunConfig) -> None:
     check_run(cfg.method, cfg.sparsity, cfg.pattern, cfg.method_options, refine=cfg.refine,
               refine_options=cfg.refine_options, allocation=cfg.allocation,
               allocation_options=cfg.allocation_options)
-    check_calibration(cfg.calibration, cfg.method, needs_data(cfg) or bool(cfg.keep_stats))
+    check_calibration(cfg.calibration, cfg.method, needs_data(cfg))
     if cfg.offload:
         check_streaming(cfg.allocation, cfg.keep_stats)
 

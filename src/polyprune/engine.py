@@ -83,7 +83,8 @@ def prune(model: nn.Module, calibration: Any = None, method: str = "wanda", spar
     cal: Calibration | None = None
     if kinds:
         if calibration is None:
-            raise UserError(f"method {method!r} needs calibration data: give --calibration-file or a recipe")
+            who = f"method {method!r}" if meth.needs or ref else "keep_stats"
+            raise UserError(f"{who} needs calibration data: give --calibration-file or a recipe")
         cal = as_calibration(calibration)
         missing = [s for s in meth.sets if s not in cal.sets]
         if missing:

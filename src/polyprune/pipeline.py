@@ -6,7 +6,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from .calibration import Calibration, build_calibration, from_text_file
-from .config import CalibrationConfig, RunConfig, check_calibration
+from .config import CalibrationConfig, RunConfig, check_calibration, needs_data
 from .errors import UserError
 from .methods import get_method, stat_kinds
 from .run import RunWriter, staged_dir
@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 
 def calibration_from_config(cc: CalibrationConfig, tokenizer, seed: int, method: str,
-                            needs_data: bool = False) -> Calibration | None:
+                            needs_data: str | bool | None = None) -> Calibration | None:
     """Build the calibration a run asks for (``None`` for data-free methods unless ``needs_data``,
     e.g. a data-driven allocation); the rules are :func:`polyprune.config.check_calibration`'s."""
     check_calibration(cc, method, needs_data)
@@ -43,8 +43,8 @@ def calibration_from_config(cc: CalibrationConfig, tokenizer, seed: int, method:
 
 
 def build_run_calibration(cfg: RunConfig, tokenizer) -> Calibration | None:
-    """The calibration of a run config (data also for data-driven allocations such as OWL)."""
-    return calibration_from_config(cfg.calibration, tokenizer, cfg.seed, cfg.method, needs_data=not cfg.uniform)
+    """The calibration of a run config (data also for kept statistics and data-driven allocations such as OWL)."""
+    return calibration_from_config(cfg.calibration, tokenizer, cfg.seed, cfg.method, needs_data=needs_data(cfg))
 
 
 def engine_options(cfg: RunConfig) -> dict:
