@@ -75,8 +75,8 @@ class CalibrationConfig(Strict):
 
 class RunConfig(Strict):
     model: str = Field("embedded", description="Hub id, local folder, or 'embedded' (Gemma-3-270M, offline).")
-    dtype: str | None = None
-    device: str | None = None
+    dtype: str | None = Field(None, description="float32 (CPU default), bfloat16 (GPU default), float16.")
+    device: str | None = Field(None, description="cpu, cuda, cuda:1 … (default: auto).")
     method: str = "wanda"
     sparsity: Number = Field(0.5, description="Fraction pruned, in (0, 1) (ignored for N:M).")
     pattern: str = Field("unstructured", description="'unstructured' or N:M such as 2:4.")
@@ -90,12 +90,14 @@ class RunConfig(Strict):
     refine_options: dict[str, Any] = Field(default_factory=dict)
     method_options: dict[str, Any] = Field(default_factory=dict)  # as given: defaults are filled per call
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
-    keep_stats: Bool | list[str] = False
+    keep_stats: Bool | list[str] = Field(False, description="Keep the input statistics in the run (stats.safetensors); "
+                                                        "`analyze --what magnitudes` needs them.")
     save_model: Bool = Field(False, description="Also save the pruned model (save_pretrained).")
-    offload: Bool = False  # stream decoder layers from the safetensors checkpoint (polyprune.stream)
-    max_memory: str | None = None  # stream when the model would not fit, e.g. "4GB"
-    activation_dtype: str | None = None  # storage dtype of hidden states between layers, e.g. bfloat16
-    activation_device: str | None = None  # where hidden states wait between layers: auto (None), cpu, cuda
+    offload: Bool = Field(False, description="Stream layers from disk; the pruned model goes to OUT/model.")
+    max_memory: str | None = Field(None, description="Stream when the model exceeds this, e.g. 4GB.")
+    activation_dtype: str | None = Field(None, description="Hidden-state buffers: bfloat16, float16 (stats stay fp32).")
+    activation_device: str | None = Field(None, description="Where hidden states wait between layers: auto, cpu "
+                                                            "(pinned), cuda.")
     onload: str = Field("auto", description="GPU: move one decoder layer at a time to it: auto, always, never.")
     base_hash: str | None = None  # sha256 over the base checkpoint's tensors, recorded at prune time
 
