@@ -91,6 +91,21 @@ def test_in_memory_and_streamed_runs_write_the_same_masks_file(tiny_dir, tmp_pat
     assert set(ma) == set(mb) and all(torch.equal(ma[k], mb[k]) for k in ma)
     with safe_open(str(b / "weights.safetensors"), "pt") as f:  # kept values in the model's dtype
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F32"}
+    for name in ("masks.safetensors", "weights.safetensors"):  # one layout, whichever way the run went
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def test_a_one_dtype_file_is_the_librarys_byte_for_byte(tmp_path):
+    from safetensors.torch import save_file
+    from polyprune.tensorfile import SafetensorsWriter
+    g = torch.Generator().manual_seed(0)
+    tensors = {f"layers.{i}.{n}": torch.randn(5 + i, 3, generator=g) for i in range(11) for n in ("up", "down")}
+    save_file(tensors, str(tmp_path / "lib.safetensors"), metadata={"format": "x"})
+    w = SafetensorsWriter(tmp_path / "ours.safetensors", {"format": "x"})
+    for k in reversed(list(tensors)):  # any order: close(sort=True) lays them out by name
+        w.add(k, tensors[k])
+    w.close(sort=True)
+    assert (tmp_path / "ours.safetensors").read_bytes() == (tmp_path / "lib.safetensors").read_bytes()
 
 
 def test_masks_of_a_50_percent_run_are_small(tiny_dir, tmp_path):

@@ -237,7 +237,7 @@ class StreamSink:
             if w.header:
                 if w is self.info:
                     w.metadata["scalars"] = json.dumps(self.info_scalars)
-                w.close()
+                w.close(sort=w is self.kept)  # kept values in name order: the in-memory run's file, byte for byte
             else:
                 w.abort()
         if self.permutations:

@@ -149,10 +149,10 @@ def _header_entry(dtype: torch.dtype, shape, offset: int, nbytes: int) -> dict[s
 
 
 def _header_blob(header: dict[str, Any], metadata: dict[str, str] | None) -> bytes:
-    """The 8-byte length + JSON header of a safetensors file (padded to 8 bytes)."""
-    header = dict(sorted(header.items()))
-    if metadata:
-        header["__metadata__"] = metadata
+    """The 8-byte length + JSON header of a safetensors file (padded to 8 bytes), laid out as
+    ``safetensors.torch.save_file`` lays it out (metadata first, then the tensors by name), so a
+    file of one dtype written here equals the library's byte for byte."""
+    header = {**({"__metadata__": metadata} if metadata else {}), **dict(sorted(header.items()))}
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
     return struct.pack("<Q", len(blob)) + blob
