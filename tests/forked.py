@@ -28,13 +28,26 @@ PRELOAD = ["torch", "numpy", "safetensors", "tokenizers", "transformers", "yaml"
            "transformers.models.gemma3.modeling_gemma3", "transformers.models.qwen2.modeling_qwen2",
            "transformers.tokenization_utils_fast", "torch.distributed"]
 _ctx = None
+_ENV = dict(os.environ)  # as the suite set it up (conftest), before any test changes it
 
 
 def _context():
+    """The forkserver, started once with the environment of the suite's start: libraries read some
+    variables when the server imports them, and a test's monkeypatched value must not stay there."""
     global _ctx
     if _ctx is None:
-        _ctx = mp.get_context("forkserver")
-        _ctx.set_forkserver_preload(PRELOAD)
+        from multiprocessing import forkserver
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(PRELOAD)
+        now = dict(os.environ)
+        try:
+            os.environ.clear()
+            os.environ.update(_ENV)
+            forkserver.ensure_running()
+        finally:
+            os.environ.clear()
+            os.environ.update(now)
+        _ctx = ctx
     return _ctx
 
 
