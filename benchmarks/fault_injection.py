@@ -17,7 +17,7 @@ from _common import ENV
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=10, help="kill moments per command (the suite uses 1-5)")
+    ap.add_argument("--seeds", type=int, default=10, help="kill moments per command (the suite uses 3, and 5 for the grid)")
     args = ap.parse_args()
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, **ENV, "POLYPRUNE_FAULT_SEEDS": str(args.seeds)}

@@ -608,7 +608,7 @@ def ref_run(tiny_dir, calfile, tmp_path_factory):
 
 def test_sigkill_prune_at_seeded_moments_then_rerun_is_byte_identical(ref_run, tmp_path):
     args, ref_dir, window = ref_run
-    _killed_then_rerun(args, tmp_path / "run", seeds=seeds(2), window=window, ref=tree(ref_dir))
+    _killed_then_rerun(args, tmp_path / "run", seeds=seeds(3), window=window, ref=tree(ref_dir))
 
 
 def test_sigkill_export_at_seeded_moments_then_rerun_is_byte_identical(ref_run, tmp_path):
@@ -620,7 +620,7 @@ def test_sigkill_export_at_seeded_moments_then_rerun_is_byte_identical(ref_run, 
     # the model card and report name the export folder (its load lines): the same bytes up to that name
     ref = {k: v.replace(str(tmp_path / "ref").encode(), str(tmp_path / "exp").encode())
            for k, v in tree(tmp_path / "ref").items()}
-    _killed_then_rerun(args, tmp_path / "exp", seeds=seeds(2), window=window, ref=ref)
+    _killed_then_rerun(args, tmp_path / "exp", seeds=seeds(3), window=window, ref=ref)
 
 
 def test_sigkill_apply_at_seeded_moments_then_rerun_is_byte_identical(ref_run, tmp_path):
@@ -629,7 +629,7 @@ def test_sigkill_apply_at_seeded_moments_then_rerun_is_byte_identical(ref_run, t
     def args(out):
         return ("apply", "--masks", run, "--out", out)
     window = written(args, tmp_path / "ref")
-    _killed_then_rerun(args, tmp_path / "app", seeds=seeds(2), window=window, ref=tree(tmp_path / "ref"))
+    _killed_then_rerun(args, tmp_path / "app", seeds=seeds(3), window=window, ref=tree(tmp_path / "ref"))
 
 
 def test_grid_sigkilled_at_five_moments_resumes_byte_identical_without_recomputing(tiny_dir, calfile, tmp_path,
