@@ -83,7 +83,7 @@ def make_run(tiny_dir, tmp_path, name="run", method="wanda", **extra):
     return run_prune(cfg, tmp_path / name)
 
 
-def test_in_memory_and_streamed_runs_write_the_same_masks_file(tiny_dir, tmp_path):
+def test_in_memory_and_streamed_runs_write_the_same_masks_and_weights_files(tiny_dir, tmp_path):
     a = make_run(tiny_dir, tmp_path, "mem", "sparsegpt")
     b = make_run(tiny_dir, tmp_path, "str", "sparsegpt", offload=True)
     assert mask_metadata(a / "masks.safetensors") == mask_metadata(b / "masks.safetensors")
