@@ -83,7 +83,7 @@ def make_run(tiny_dir, tmp_path, name="run", method="wanda", **extra):
     return run_prune(cfg, tmp_path / name)
 
 
-def test_in_memory_and_streamed_runs_write_the_same_masks_and_weights_files(tiny_dir, tmp_path):
+def test_in_memory_and_streamed_runs_write_the_same_tensor_files(tiny_dir, tmp_path):
     a = make_run(tiny_dir, tmp_path, "mem", "sparsegpt")
     b = make_run(tiny_dir, tmp_path, "str", "sparsegpt", offload=True)
     assert mask_metadata(a / "masks.safetensors") == mask_metadata(b / "masks.safetensors")
@@ -92,6 +92,11 @@ def test_in_memory_and_streamed_runs_write_the_same_masks_and_weights_files(tiny
     with safe_open(str(b / "weights.safetensors"), "pt") as f:  # kept values in the model's dtype
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F32"}
     for name in ("masks.safetensors", "weights.safetensors"):  # one layout, whichever way the run went
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    gptq = {"method_options": {"bits": 4, "group_size": 16}}  # with method info (scales, zero points)
+    a = make_run(tiny_dir, tmp_path, "gmem", "gptq", **gptq)
+    b = make_run(tiny_dir, tmp_path, "gstr", "gptq", offload=True, **gptq)
+    for name in ("masks.safetensors", "weights.safetensors", "info.safetensors"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
 
 

@@ -236,8 +236,8 @@ class StreamSink:
         for w in (self.kept, self.info):
             if w.header:
                 if w is self.info:
-                    w.metadata["scalars"] = json.dumps(self.info_scalars)
-                w.close(sort=w is self.kept)  # kept values in name order: the in-memory run's file, byte for byte
+                    w.metadata["scalars"] = json.dumps(dict(sorted(self.info_scalars.items())))
+                w.close(sort=True)  # in name order: the in-memory run's files, byte for byte
             else:
                 w.abort()
         if self.permutations:

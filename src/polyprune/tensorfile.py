@@ -282,7 +282,7 @@ def save_method_info(info: dict[str, dict], path: str | Path) -> None:
         w.abort()
         raise
     w.metadata["scalars"] = json.dumps(scalars)
-    w.close()
+    w.close(sort=True)  # by name, as the streamed run's file
 
 
 def load_method_info(path: str | Path) -> dict[str, dict]:
