@@ -4,7 +4,6 @@ import os
 import re
 import time
 
-
 import forked
 from polyprune import progress
 
