@@ -54,9 +54,7 @@ def spawn(*args, cwd=None) -> forked.Popen:
 
 
 def run_cli(*args, cwd=None) -> subprocess.CompletedProcess:
-    p = spawn(*args, cwd=cwd)
-    out, err = p.communicate(timeout=600)
-    return subprocess.CompletedProcess(args, p.returncode, out, err)
+    return forked.polyprune(*map(str, args), cwd=cwd)
 
 
 def one_line_exit_2(r) -> None:

@@ -60,8 +60,8 @@ def _task_manager(include: str | None, defaults: bool):
     lm-eval 0.4.13 indexes its ~14,700 bundled task YAMLs in 5.7 s here, so a grid or report that
     evaluates many runs in one process pays that once."""
     from lm_eval.tasks import TaskManager
-    stamp = tuple(sorted((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in Path(include).rglob("*.yaml"))
-                  ) if include else ()
+    stats = ((str(f), f.stat()) for f in Path(include).rglob("*.yaml")) if include else ()
+    stamp = tuple(sorted((name, st.st_mtime_ns, st.st_size) for name, st in stats))
     key = (include, defaults, stamp)
     if key not in _MANAGERS:
         _MANAGERS[key] = TaskManager(include_path=include, include_defaults=defaults)
